@@ -1,0 +1,105 @@
+"""Helpers every stage shares: one-line errors, atomic outputs, JSON, the mirror directory."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+# Environment variable naming a local directory that holds copies of the downloads
+# (20news-bydate.tar.gz, glove.6B.zip or glove.6B.<d>d.txt); it is searched before the network.
+MIRROR_ENV = "NEWSGROUPS_MIRROR"
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class PipelineError(Exception):
+    """An expected failure (bad input, bad params): reported as one line, no traceback."""
+
+
+def run_main(main: Callable[[list[str]], None]) -> None:
+    """Run a stage's main(); expected failures print `error: ...` on one line and exit 1."""
+    try:
+        main(sys.argv[1:])
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def mirror_dir() -> Path | None:
+    value = os.environ.get(MIRROR_ENV, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise PipelineError(f"{MIRROR_ENV}={value}: not a directory")
+    return path
+
+
+def mirror_file(*names: str) -> Path | None:
+    """First of `names` present in the mirror directory, if one is configured."""
+    mirror = mirror_dir()
+    if mirror is None:
+        return None
+    for name in names:
+        if (mirror / name).is_file():
+            return mirror / name
+    return None
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `target`; on success it replaces `target`, on failure it
+    is removed, so a reader never sees a half-written output."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod((0o777 if directory else 0o666) & ~umask)  # mkstemp/mkdtemp create private files
+    try:
+        yield tmp
+        if directory and target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing (run the stage that makes it first)") from None
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
+
+
+def remove_quietly(*paths: str | os.PathLike) -> None:
+    """Delete stale outputs before a stage rewrites them (DVC does this too; runs by hand don't)."""
+    for path in map(Path, paths):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()

@@ -1,0 +1,140 @@
+"""Stage evaluate@<model>: judge a trained model on the held-out test split.
+
+Writes metrics/eval/<model>.json, the predictions for `dvc plots` (confusion template) and PNGs,
+and adds the test metrics, figures and classification report to the model's own MLflow run.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from . import params as P
+from .classifier import Classifier
+from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json
+
+TEST = Path("data/prepared/test.parquet")
+MODELS = Path("data/models")
+HISTORY = Path("metrics/history")
+METRICS = Path("metrics/eval")
+OUT = Path("data/eval")
+
+SCHEMA = {"batch_size": P.integer(1, 65536)}
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro/weighted F1 and per-class precision/recall/F1/support."""
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
+        "macro_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)), 4),
+        "weighted_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)), 4),
+        "per_class": {
+            c: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4), "support": int(s)}
+            for c, p, r, f, s in zip(classes, precision, recall, f1, support)
+        },
+    }
+
+
+def confusion_png(y_true, y_pred, classes: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = confusion_matrix(y_true, y_pred, labels=range(len(classes)))
+    fig, ax = plt.subplots(figsize=(11, 9.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    high = matrix.max() / 2
+    for (i, j), n in np.ndenumerate(matrix):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=6, color="white" if n > high else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def learning_curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for column, axis in (("accuracy", acc), ("loss", loss)):
+        for prefix, style in (("", "-o"), ("val_", "-s")):
+            if prefix + column in history:
+                axis.plot(history["epoch"], history[prefix + column], style, label=(prefix or "train_") + column)
+        axis.set_xlabel("epoch")
+        axis.set_title(column)
+        axis.legend()
+        axis.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(name: str, batch_size: int) -> dict:
+    model_dir = MODELS / name
+    test = pd.read_parquet(TEST)
+    classifier = Classifier(model_dir)
+    texts = test["text"].tolist()
+    start = time.perf_counter()
+    probs = classifier.predict_proba(texts, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    y_pred = probs.argmax(axis=1)
+    y_true = test["label"].to_numpy()
+    result = {"model": name, **score(y_true, y_pred, classifier.classes)}
+    result["test_docs"] = len(texts)
+    result["inference_seconds"] = round(seconds, 2)
+    result["docs_per_second"] = round(len(texts) / max(seconds, 1e-9), 1)
+    return result, classifier.classes, y_true, y_pred
+
+
+def main(argv: list[str]) -> None:
+    import mlflow
+
+    from .tracking import reopen_run
+
+    if len(argv) != 1:
+        raise PipelineError("usage: python -m pipeline.evaluate <model>")
+    name = argv[0]
+    cfg = P.stage_params("evaluate", SCHEMA)
+    remove_quietly(METRICS / f"{name}.json", OUT / name)
+    result, classes, y_true, y_pred = evaluate(name, cfg["batch_size"])
+    run_id = read_json(MODELS / name / "run.json")["run_id"]
+    with atomic_path(OUT / name, directory=True) as tmp:
+        pd.DataFrame({"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]}).to_csv(
+            tmp / "predictions.csv", index=False
+        )
+        confusion_png(y_true, y_pred, classes, f"{name}: test confusion matrix", tmp / "confusion_matrix.png")
+        learning_curve_png(pd.read_csv(HISTORY / f"{name}.csv"), f"{name}: learning curves", tmp / "learning_curve.png")
+        report = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=classes, digits=4, zero_division=0)
+        (tmp / "classification_report.txt").write_text(report, encoding="utf-8")
+        with reopen_run(run_id):
+            mlflow.log_metrics(
+                {
+                    "test_accuracy": result["accuracy"],
+                    "test_macro_f1": result["macro_f1"],
+                    "test_weighted_f1": result["weighted_f1"],
+                    "test_docs_per_second": result["docs_per_second"],
+                }
+            )
+            for file in ("confusion_matrix.png", "learning_curve.png", "classification_report.txt"):
+                mlflow.log_artifact(str(tmp / file), artifact_path="evaluation")
+    write_json(METRICS / f"{name}.json", {**result, "mlflow_run_id": run_id})
+    print(f"evaluate@{name}: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, {result['docs_per_second']} docs/s")
+
+
+if __name__ == "__main__":
+    run_main(main)

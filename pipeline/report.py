@@ -1,0 +1,102 @@
+"""Stage report: every model in one table, and the champion (chosen on validation, never on test)
+registered in the MLflow model registry under an alias."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import params as P
+from .common import PipelineError, read_json, run_main, write_json, write_text
+
+TRAIN = Path("metrics/train")
+EVAL = Path("metrics/eval")
+SUMMARY_JSON = Path("metrics/summary.json")
+SUMMARY_MD = Path("metrics/summary.md")
+
+SCHEMA = {"registered_model": P.string(), "alias": P.string()}
+
+# The params worth a column: what distinguishes one run of a model from another.
+KEY_PARAMS = (
+    "ngram_max", "C", "alpha", "variant", "embedding", "embedding_dim", "trainable",
+    "max_len", "units", "filters", "batch_size", "learning_rate", "dropout",
+)
+
+
+def gather(models: list[str], all_params: dict) -> list[dict]:
+    rows = []
+    for name in models:
+        train, test = read_json(TRAIN / f"{name}.json"), read_json(EVAL / f"{name}.json")
+        cfg = all_params.get("train", {}).get(name, {})
+        rows.append(
+            {
+                "model": name,
+                "val_accuracy": train["val_accuracy"],
+                "test_accuracy": test["accuracy"],
+                "test_macro_f1": test["macro_f1"],
+                "train_seconds": train["train_seconds"],
+                "epochs_run": train["epochs_run"],
+                "docs_per_second": test["docs_per_second"],
+                "params": {k: cfg[k] for k in KEY_PARAMS if k in cfg and cfg[k] is not None},
+                "mlflow_run_id": train["mlflow_run_id"],
+            }
+        )
+    return rows
+
+
+def champion(rows: list[dict]) -> dict:
+    """Highest validation accuracy; ties go to the faster-training model. Test plays no part."""
+    if not rows:
+        raise PipelineError("params.yaml: train.models: no models to report")
+    return max(rows, key=lambda r: (r["val_accuracy"], -r["train_seconds"]))
+
+
+def markdown(rows: list[dict], best: dict) -> str:
+    lines = [
+        "| model | val accuracy | test accuracy | test macro-F1 | train time (s) | epochs | params |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        name = f"**{r['model']}** (champion)" if r is best else r["model"]
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+        lines.append(
+            f"| {name} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['test_macro_f1']:.4f} "
+            f"| {r['train_seconds']:.1f} | {r['epochs_run']} | {params} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def register_champion(run_id: str, name: str, alias: str) -> str:
+    """Register runs:/<run_id>/model (once per run) and point the alias at it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from .tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
+    version = existing[0].version if existing else mlflow.register_model(f"runs:/{run_id}/model", name).version
+    client.set_registered_model_alias(name, alias, version)
+    return str(version)
+
+
+def main(argv: list[str]) -> None:
+    all_params = P.load_params()
+    cfg = P.validate("report", P.section(all_params, "report"), SCHEMA)
+    models = P.list_of(P.string(), nonempty=True)("train.models", P.section(all_params, "train.models"))
+    rows = gather(models, all_params)
+    best = champion(rows)
+    version = register_champion(best["mlflow_run_id"], cfg["registered_model"], cfg["alias"])
+    write_json(
+        SUMMARY_JSON,
+        {
+            "champion": {"model": best["model"], "chosen_by": "val_accuracy", "registered_model": cfg["registered_model"],
+                         "alias": cfg["alias"], "version": version},
+            "models": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows},
+        },
+    )
+    write_text(SUMMARY_MD, markdown(rows, best))
+    print(f"report: champion {best['model']} (val {best['val_accuracy']:.4f}) -> models:/{cfg['registered_model']}@{cfg['alias']} v{version}")
+
+
+if __name__ == "__main__":
+    run_main(main)

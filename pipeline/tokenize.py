@@ -1,0 +1,84 @@
+"""Stage tokenize: a TextVectorization vocabulary adapted on train only; integer sequences per split.
+
+Index 0 is the padding value (so models can mask it) and 1 is [UNK]. Sequences are padded and cut
+at the end ("post"): a document keeps its first `max_len` tokens, where the headers and the
+opening of the message are, and the real tokens sit at the start of every row.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import params as P
+from .common import atomic_path, read_json, run_main, write_json
+
+PREPARED = Path("data/prepared")
+OUT = Path("data/tokenized")
+SPLITS = ("train", "val", "test")
+STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation")
+
+SCHEMA = {
+    "max_tokens": P.integer(3),
+    "max_len": P.integer(1),
+    "standardize": P.choice(*STANDARDIZE),
+}
+
+
+def make_vectorizer(vocabulary: list[str] | None, max_len: int, standardize: str, max_tokens: int | None = None):
+    """The one way this project turns text into ids: used to adapt, to encode, and inside the
+    raw-text models that are logged to MLflow."""
+    import keras
+
+    layer = keras.layers.TextVectorization(
+        max_tokens=max_tokens,
+        standardize=standardize,
+        output_mode="int",
+        output_sequence_length=max_len,
+    )
+    if vocabulary is not None:
+        layer.set_vocabulary(vocabulary[2:] if vocabulary[:2] == ["", "[UNK]"] else vocabulary)
+    return layer
+
+
+def load_vectorizer(directory: Path = OUT, max_len: int | None = None):
+    """Rebuild the adapted vectorizer from a tokenize output (optionally with another length)."""
+    config = read_json(directory / "config.json")
+    vocab = read_json(directory / "vocab.json")
+    return make_vectorizer(vocab, max_len or config["max_len"], config["standardize"])
+
+
+def encode(vectorizer, texts: list[str], batch_size: int = 2048) -> np.ndarray:
+    parts = [
+        np.asarray(vectorizer(np.asarray(texts[i : i + batch_size], dtype=object)), dtype=np.int32)
+        for i in range(0, len(texts), batch_size)
+    ]
+    width = vectorizer.get_config()["output_sequence_length"]
+    return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.int32)
+
+
+def adapt(texts: list[str], cfg: dict):
+    vectorizer = make_vectorizer(None, cfg["max_len"], cfg["standardize"], cfg["max_tokens"])
+    vectorizer.adapt(np.asarray(texts, dtype=object), batch_size=1024)
+    return vectorizer
+
+
+def main(argv: list[str]) -> None:
+    cfg = P.stage_params("tokenize", SCHEMA)
+    frames = {s: pd.read_parquet(PREPARED / f"{s}.parquet") for s in SPLITS}
+    vectorizer = adapt(frames["train"]["text"].tolist(), cfg)
+    vocab = vectorizer.get_vocabulary()
+    with atomic_path(OUT, directory=True) as tmp:
+        write_json(tmp / "vocab.json", vocab)
+        write_json(tmp / "config.json", {**cfg, "vocab_size": len(vocab)})
+        train = frames["train"]
+        write_json(tmp / "classes.json", train.drop_duplicates("label").sort_values("label")["group"].tolist())
+        for split, frame in frames.items():
+            x = encode(vectorizer, frame["text"].tolist())
+            np.savez(tmp / f"{split}.npz", x=x, y=frame["label"].to_numpy(np.int32))
+    print(f"tokenize: vocabulary of {len(vocab)} (max_tokens {cfg['max_tokens']}), sequences of {cfg['max_len']}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,197 @@
+"""Stage train@<model>: fit one model of the registry, save it, and record the run in MLflow.
+
+Outputs: data/models/<model>/ (the raw-text model, see classifier.py, and run.json with the MLflow
+run id), metrics/train/<model>.json and metrics/history/<model>.csv (per-epoch, for dvc plots).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import params as P
+from .classifier import save_keras, save_sklearn
+from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json, write_text
+from .models import get_spec
+
+PREPARED = Path("data/prepared")
+TOKENIZED = Path("data/tokenized")
+EMBEDDINGS = Path("data/embeddings")
+MODELS = Path("data/models")
+METRICS = Path("metrics/train")
+HISTORY = Path("metrics/history")
+
+MLFLOW_SCHEMA = {"experiment": P.string()}
+
+
+def load_config(name: str, params_file: str = P.PARAMS_FILE) -> dict:
+    """Validated params for one model, plus what it depends on (logged with the run)."""
+    params = P.load_params(params_file)
+    spec = get_spec(name)
+    return {
+        "model": P.validate(f"train.{name}", P.section(params, f"train.{name}"), spec.schema),
+        "mlflow": P.validate("mlflow", P.section(params, "mlflow"), MLFLOW_SCHEMA),
+        "prepare": P.section(params, "prepare"),
+        "tokenize": P.section(params, "tokenize") if spec.kind == "keras" else {},
+        "embeddings": {k: P.section(params, f"embeddings.{k}") for k in ("oov", "seed")} if spec.glove else {},
+    }
+
+
+# ---------------------------------------------------------------- scikit-learn
+
+
+def fit_sklearn(name: str, cfg: dict, out: Path) -> dict:
+    from sklearn.metrics import accuracy_score, log_loss
+
+    train = pd.read_parquet(PREPARED / "train.parquet")
+    val = pd.read_parquet(PREPARED / "val.parquet")
+    classes = sorted(train["group"].unique())
+    pipeline = get_spec(name).build(cfg)
+    start = time.perf_counter()
+    pipeline.fit(train["text"].tolist(), train["label"].to_numpy())
+    seconds = time.perf_counter() - start
+    row = {"epoch": 1}
+    for split, frame in (("", train), ("val_", val)):
+        probs = pipeline.predict_proba(frame["text"].tolist())
+        row[f"{split}loss"] = float(log_loss(frame["label"], probs, labels=range(len(classes))))
+        row[f"{split}accuracy"] = float(accuracy_score(frame["label"], probs.argmax(axis=1)))
+    save_sklearn(out, pipeline, classes, name)
+    return {"history": [row], "seconds": seconds, "best_epoch": 1, "classes": classes}
+
+
+# ---------------------------------------------------------------- Keras
+
+
+def seed_everything(seed: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None, trim: bool):
+    """Batches of (ids, labels), reshuffled every epoch when a seed is given (the files are
+    class-sorted no more, but SGD still wants fresh orders). With `trim`, each batch is cut to its
+    longest document: padding is masked anyway, so masked models lose nothing and run faster."""
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:
+        data = data.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    data = data.batch(batch_size)
+    if trim:
+
+        def cut(ids, labels):
+            length = tf.reduce_max(tf.reduce_sum(tf.cast(ids > 0, tf.int32), axis=1))
+            return ids[:, : tf.maximum(length, 1)], labels
+
+        data = data.map(cut)
+    return data.prefetch(tf.data.AUTOTUNE)
+
+
+def fit_keras(name: str, cfg: dict, out: Path) -> dict:
+    import keras
+    import mlflow
+
+    seed_everything(cfg["seed"])
+    spec = get_spec(name)
+    tok = read_json(TOKENIZED / "config.json")
+    vocab = read_json(TOKENIZED / "vocab.json")
+    max_len = cfg["max_len"] or tok["max_len"]
+    if max_len > tok["max_len"]:
+        raise PipelineError(f"params.yaml: train.{name}.max_len = {max_len}: above tokenize.max_len {tok['max_len']}")
+    splits = {s: np.load(TOKENIZED / f"{s}.npz") for s in ("train", "val")}
+    x = {s: d["x"][:, :max_len] for s, d in splits.items()}
+    y = {s: d["y"] for s, d in splits.items()}
+    glove = np.load(EMBEDDINGS / "matrix.npy") if spec.glove else None
+    classes = read_json(TOKENIZED / "classes.json")
+    model = spec.build(cfg, len(vocab), len(classes), glove)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=cfg["learning_rate"]),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    masked = not name.startswith("cnn")  # convolutions see padding; masked models do not
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_accuracy", patience=cfg["patience"], restore_best_weights=True, mode="max"
+    )
+    start = time.perf_counter()
+    fit = model.fit(
+        make_dataset(x["train"], y["train"], cfg["batch_size"], cfg["seed"], masked),
+        validation_data=make_dataset(x["val"], y["val"], 512, None, masked),
+        epochs=cfg["epochs"],
+        callbacks=[stop, mlflow.keras.MlflowCallback()],
+        verbose=2,
+    )
+    seconds = time.perf_counter() - start
+    epochs = len(fit.history["loss"])
+    history = [{"epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}} for i in range(epochs)]
+    best = int(np.argmax(fit.history["val_accuracy"])) + 1
+    save_keras(out, model, vocab, {"max_len": max_len, "standardize": tok["standardize"]}, classes, name)
+    return {"history": history, "seconds": seconds, "best_epoch": best, "classes": classes}
+
+
+# ---------------------------------------------------------------- stage
+
+
+def summary(name: str, result: dict, run_id: str) -> dict:
+    best = result["history"][result["best_epoch"] - 1]
+    return {
+        "model": name,
+        "val_accuracy": round(best["val_accuracy"], 4),
+        "val_loss": round(best["val_loss"], 4),
+        "best_epoch": result["best_epoch"],
+        "epochs_run": len(result["history"]),
+        "train_seconds": round(result["seconds"], 1),
+        "mlflow_run_id": run_id,
+    }
+
+
+def flat_params(cfg: dict) -> dict:
+    out = dict(cfg["model"])
+    for section in ("prepare", "tokenize", "embeddings"):
+        out |= {f"{section}.{k}": v for k, v in cfg[section].items()}
+    return out
+
+
+def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
+    import mlflow
+
+    from .tracking import log_classifier, training_run
+
+    cfg = load_config(name, params_file)
+    spec = get_spec(name)
+    out = MODELS / name
+    remove_quietly(out, METRICS / f"{name}.json", HISTORY / f"{name}.csv")
+    deps = [PREPARED] if spec.kind == "sklearn" else [TOKENIZED] + ([EMBEDDINGS] if spec.glove else [])
+    with training_run(cfg["mlflow"]["experiment"], name, f"train@{name}", flat_params(cfg), deps) as run_id:
+        with atomic_path(out, directory=True) as tmp:
+            fit = fit_sklearn if spec.kind == "sklearn" else fit_keras
+            result = fit(name, cfg["model"], tmp)
+            if spec.kind == "sklearn":  # Keras runs log per epoch through MlflowCallback
+                mlflow.log_metrics({k: v for k, v in result["history"][0].items() if k != "epoch"}, step=0)
+            report = summary(name, result, run_id)
+            mlflow.log_metrics({"best_val_accuracy": report["val_accuracy"], "train_seconds": report["train_seconds"]})
+            write_json(tmp / "run.json", {"run_id": run_id, "tracking_uri": mlflow.get_tracking_uri()})
+            val_text = pd.read_parquet(PREPARED / "val.parquet")["text"].head(2).tolist()
+            log_classifier(tmp, result["classes"], val_text)
+        write_json(METRICS / f"{name}.json", report)
+        write_text(HISTORY / f"{name}.csv", pd.DataFrame(result["history"]).to_csv(index=False))
+    return report
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise PipelineError("usage: python -m pipeline.train <model>")
+    report = train(argv[0])
+    print(
+        f"train@{report['model']}: val accuracy {report['val_accuracy']:.4f} at epoch "
+        f"{report['best_epoch']}/{report['epochs_run']}, {report['train_seconds']} s"
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)

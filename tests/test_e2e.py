@@ -1,0 +1,135 @@
+"""End to end: the real `dvc repro` on tiny generated data in a temporary git repository."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tiny import ROOT, make_archive, make_glove, tiny_params, write_params
+
+MODELS = ["tfidf_logreg", "cbow", "cnn_glove"]
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the project in a fresh git repo, pointed at a tiny mirror; `dvc repro` done once."""
+    base = tmp_path_factory.mktemp("e2e")
+    repo, mirror = base / "repo", base / "mirror"
+    repo.mkdir()
+    for item in ("pipeline", "dvc.yaml", ".gitignore"):
+        src = ROOT / item
+        shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, repo / item)
+    counts = make_archive(mirror / "20news-bydate.tar.gz")
+    glove = make_glove(base / "glove.tiny.50d.txt")
+    write_params(repo / "params.yaml", tiny_params(str(glove), counts, MODELS))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(
+        NEWSGROUPS_MIRROR=str(mirror),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+    )
+    run(["git", "init", "-q"], repo, env)
+    run(["dvc", "init", "-q"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "tiny project"], repo, env)
+    first = run(["dvc", "repro"], repo, env)
+    return {"repo": repo, "env": env, "first": first.stdout}
+
+
+def test_repro_builds_every_output(project):
+    repo = project["repo"]
+    assert ran_stages(project["first"]) >= {"fetch_corpus", "prepare", "tokenize", "fetch_glove", "embeddings", "report"}
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert data["published"] == {"train": 36, "test": 18} and data["groups"] == 3
+    assert data["documents"]["train"]["empty"] == 0  # headers kept: no document is empty
+    emb = json.loads((repo / "metrics/embeddings.json").read_text())
+    assert 0.3 < emb["vocab_coverage"] <= 1.0
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert set(summary["models"]) == set(MODELS)
+    for name in MODELS:
+        assert (repo / f"data/models/{name}/meta.json").is_file()
+        evaluation = json.loads((repo / f"metrics/eval/{name}.json").read_text())
+        assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["test_docs"] == 18
+        assert (repo / f"data/eval/{name}/confusion_matrix.png").stat().st_size > 1000
+    assert "| model |" in (repo / "metrics/summary.md").read_text()
+
+
+def test_mlflow_has_every_run_and_the_champion(project):
+    import mlflow
+    from mlflow import MlflowClient
+
+    repo = project["repo"]
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(MODELS)
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert {"test_accuracy", "val_accuracy", "train_seconds"} <= set(r.data.metrics)
+        assert r.data.tags["dvc_stage"] == f"train@{r.info.run_name}"
+        assert "prepare.seed" in r.data.params
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "evaluation")}
+        assert "evaluation/confusion_matrix.png" in artifacts
+    keras_run = next(r for r in runs if r.info.run_name == "cbow")
+    assert len(client.get_metric_history(keras_run.info.run_id, "val_accuracy")) == 2  # per epoch
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    champion = mlflow.pyfunc.load_model("models:/newsgroups-classifier@champion")
+    out = champion.predict(["the shuttle launch into orbit", ""])
+    assert list(out.columns[:1]) == ["label"] and len(out) == 2
+    version = client.get_model_version_by_alias("newsgroups-classifier", "champion")
+    assert version.run_id == summary["models"][summary["champion"]["model"]]["mlflow_run_id"]
+
+
+def test_second_repro_reruns_nothing(project):
+    proc = run(["dvc", "repro"], project["repo"], project["env"])
+    assert ran_stages(proc.stdout) == set(), proc.stdout
+
+
+def test_one_model_param_touches_only_that_model(project):
+    repo, env = project["repo"], project["env"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["cbow"]["epochs"] = 3
+    write_params(repo / "params.yaml", params)
+    status = json.loads(run(["dvc", "status", "--json"], repo, env).stdout)
+    assert set(status) == {"train@cbow", "report"}, status  # report reads every model's params
+    params["train"]["cbow"]["epochs"] = 2
+    write_params(repo / "params.yaml", params)
+    assert json.loads(run(["dvc", "status", "--json"], repo, env).stdout) == {}
+
+
+def test_tokenize_param_reruns_downstream_but_not_fetch(project):
+    repo, env = project["repo"], project["env"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tokenize"]["max_len"] = 50
+    write_params(repo / "params.yaml", params)
+    proc = run(["dvc", "repro", "embeddings"], repo, env)
+    assert ran_stages(proc.stdout) == {"tokenize", "embeddings"}, proc.stdout
+
+
+def test_metrics_and_plots_show(project):
+    repo, env = project["repo"], project["env"]
+    shown = run(["dvc", "metrics", "show", "--json"], repo, env).stdout
+    assert "metrics/eval/cbow.json" in shown and "accuracy" in shown
+    out = repo / "plots_out"
+    run(["dvc", "plots", "show", "-o", str(out)], repo, env)
+    assert (out / "index.html").is_file()

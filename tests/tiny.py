@@ -1,0 +1,97 @@
+"""Tiny generated data for the tests: a 20news-bydate-shaped archive, a GloVe text file, params."""
+from __future__ import annotations
+
+import copy
+import io
+import random
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUPS = ("comp.graphics", "rec.autos", "sci.space")
+TOPIC_WORDS = {
+    "comp.graphics": "image pixel render polygon shading texture bitmap graphics".split(),
+    "rec.autos": "engine car brake tire dealer sedan transmission mileage".split(),
+    "sci.space": "orbit nasa launch shuttle rocket planet satellite moon".split(),
+}
+COMMON = "the a of and to in is it that for on with as was this".split()
+
+
+def message(group: str, rng: random.Random, empty_body: bool = False) -> bytes:
+    words = TOPIC_WORDS[group]
+    body = "" if empty_body else " ".join(rng.choice(words + COMMON) for _ in range(rng.randint(15, 40)))
+    text = (
+        f"From: user{rng.randint(1, 99)}@example.edu\nSubject: about {rng.choice(words)}\n"
+        f"Organization: Example University\nLines: 3\n\n"
+        f"> someone wrote: {rng.choice(COMMON)} {rng.choice(words)}\n{body}\n\n--\nsignature line caf\xe9\n"
+    )
+    return text.encode("latin-1")
+
+
+def make_archive(path: Path, train_per_group: int = 12, test_per_group: int = 6, seed: int = 0,
+                 extra: list[tuple[tarfile.TarInfo, bytes | None]] = ()) -> dict:
+    """Write a .tar.gz with the real layout; returns the document counts. `extra` members
+    (TarInfo, data) are appended as they are, for the unsafe-archive tests."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for split, n in (("train", train_per_group), ("test", test_per_group)):
+            for group in GROUPS:
+                for i in range(n):
+                    data = message(group, rng, empty_body=(i == 0 and split == "train"))
+                    info = tarfile.TarInfo(f"20news-bydate-{split}/{group}/{1000 + i}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        for info, data in extra:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return {"groups": len(GROUPS), "train": train_per_group * len(GROUPS), "test": test_per_group * len(GROUPS)}
+
+
+def glove_words() -> list[str]:
+    words = sorted({w for ws in TOPIC_WORDS.values() for w in ws} | set(COMMON) | {"about", "example", "university"})
+    return words
+
+
+def make_glove(path: Path, dim: int = 50, words: list[str] | None = None, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    words = words or glove_words()
+    lines = [w + " " + " ".join(f"{v:.5f}" for v in rng.normal(0, 0.5, dim)) for w in words]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_params(glove_path: str, counts: dict, models: list[str] | None = None) -> dict:
+    """The project's params.yaml scaled down: tiny corpus counts, short sequences, few epochs."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = copy.deepcopy(params)
+    params["fetch_corpus"].update(groups=counts["groups"], train_docs=counts["train"], test_docs=counts["test"], retries=0)
+    params["prepare"]["val_fraction"] = 0.25
+    params["tokenize"].update(max_tokens=200, max_len=60)
+    params["fetch_glove"].update(source=str(glove_path), dim=50)
+    params["embeddings"]["top_oov"] = 5
+    params["mlflow"]["experiment"] = "tiny"
+    train = params["train"]
+    train["models"] = models or list(train["models"])
+    for name, cfg in train.items():
+        if not isinstance(cfg, dict):
+            continue
+        if "epochs" in cfg:
+            cfg.update(epochs=2, batch_size=8, patience=1)
+            if cfg.get("max_len"):
+                cfg["max_len"] = 30
+        for key, small in (("embedding_dim", 8), ("filters", 8), ("dense", 8), ("units", 8), ("kernel_size", 3), ("pool_size", 2)):
+            if key in cfg:
+                cfg[key] = small
+        if "min_df" in cfg:
+            cfg["min_df"] = 1
+            cfg["max_df"] = 1.0
+    return params
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
