@@ -2,25 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tiny import ROOT, make_archive, make_glove, tiny_params, write_params
+from tiny import make_project, run, write_params
 
 MODELS = ["tfidf_logreg", "cbow", "cnn_glove"]
-
-
-def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def ran_stages(output: str) -> set[str]:
@@ -30,27 +18,7 @@ def ran_stages(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A copy of the project in a fresh git repo, pointed at a tiny mirror; `dvc repro` done once."""
-    base = tmp_path_factory.mktemp("e2e")
-    repo, mirror = base / "repo", base / "mirror"
-    repo.mkdir()
-    for item in ("pipeline", "dvc.yaml", ".gitignore"):
-        src = ROOT / item
-        shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, repo / item)
-    counts = make_archive(mirror / "20news-bydate.tar.gz")
-    glove = make_glove(base / "glove.tiny.50d.txt")
-    write_params(repo / "params.yaml", tiny_params(str(glove), counts, MODELS))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(
-        NEWSGROUPS_MIRROR=str(mirror),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-    )
-    run(["git", "init", "-q"], repo, env)
-    run(["dvc", "init", "-q"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "tiny project"], repo, env)
+    repo, env = make_project(tmp_path_factory.mktemp("e2e"), MODELS)
     first = run(["dvc", "repro"], repo, env)
     return {"repo": repo, "env": env, "first": first.stdout}
 

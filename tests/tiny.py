@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import random
+import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -95,3 +99,46 @@ def tiny_params(glove_path: str, counts: dict, models: list[str] | None = None) 
 def write_params(path: Path, params: dict) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return path
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def project_env(mirror: Path) -> dict:
+    """The environment a stage sees: the tiny mirror, this interpreter's tools first, no MLflow/DVC
+    settings leaking in from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(
+        NEWSGROUPS_MIRROR=str(mirror),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+    )
+    return env
+
+
+def make_project(base: Path, models: list[str]) -> tuple[Path, dict]:
+    """A copy of the project in a fresh git + DVC repo under `base`, with tiny params and a tiny
+    mirror (archive) and GloVe file. Returns (repo, env); nothing has run yet."""
+    repo, mirror = base / "repo", base / "mirror"
+    repo.mkdir(parents=True)
+    for item in ("pipeline", "dvc.yaml", ".gitignore"):
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, repo / item)
+    counts = make_archive(mirror / "20news-bydate.tar.gz")
+    glove = make_glove(base / "glove.tiny.50d.txt")
+    write_params(repo / "params.yaml", tiny_params(str(glove), counts, models))
+    env = project_env(mirror)
+    run(["git", "init", "-q"], repo, env)
+    run(["dvc", "init", "-q"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "tiny project"], repo, env)
+    return repo, env
