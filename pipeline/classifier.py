@@ -17,6 +17,11 @@ from .common import PipelineError, read_json, write_json
 META = "meta.json"
 
 
+def model_dir(name: str) -> Path:
+    """Where the pipeline keeps the model called `name` (train@<name>, or the ensemble stage)."""
+    return Path("data/ensemble") if name == "ensemble" else Path("data/models") / name
+
+
 def save_sklearn(directory: Path, pipeline, classes: list[str], name: str) -> None:
     import joblib
 

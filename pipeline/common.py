@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -21,12 +22,22 @@ class PipelineError(Exception):
     """An expected failure (bad input, bad params): reported as one line, no traceback."""
 
 
+def os_error_text(exc: OSError) -> str:
+    """One line for an OSError: its reason and, when it has one, the file it is about."""
+    reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{reason}: {exc.filename}" if exc.filename else reason
+
+
 def run_main(main: Callable[[list[str]], None]) -> None:
-    """Run a stage's main(); expected failures print `error: ...` on one line and exit 1."""
+    """Run a stage's main(); expected failures print `error: ...` on one line and exit 1. So do
+    system errors (disk full, read-only or missing directory, permissions): they name the path."""
     try:
         main(sys.argv[1:])
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -51,28 +62,60 @@ def mirror_file(*names: str) -> Path | None:
     return None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Delete temporary siblings of `target` left by a writer that died (SIGKILL, power loss): a
+    partial output must never linger next to the real one. Each temporary carries its writer's pid."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.tmp(\d+)\.")
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:
+        return
+    for path in siblings:
+        match = pattern.match(path.name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; on success it replaces `target`, on failure it
-    is removed, so a reader never sees a half-written output."""
+    is removed, so a reader never sees a half-written output. A system error on the way (disk
+    full, read-only directory) becomes a one-line PipelineError naming `target`."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        os.close(fd)
-        tmp = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod((0o777 if directory else 0o666) & ~umask)  # mkstemp/mkdtemp create private files
+    prefix = f".{target.name}.tmp{os.getpid()}."
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+            os.close(fd)
+            tmp = Path(name)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod((0o777 if directory else 0o666) & ~umask)  # mkstemp/mkdtemp create private files
+    except OSError as exc:
+        raise PipelineError(f"{target}: cannot write ({os_error_text(exc)})") from None
     try:
         yield tmp
         if directory and target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise PipelineError(f"{target}: not written ({os_error_text(exc)})") from None
         raise
 
 

@@ -1,6 +1,7 @@
 """Reading the 20news-bydate archive safely: never trust member paths or member types."""
 from __future__ import annotations
 
+import gzip
 import tarfile
 import zlib
 from collections import Counter
@@ -22,7 +23,7 @@ class Document(NamedTuple):
 def _member_parts(path: Path, member: tarfile.TarInfo) -> tuple[str, ...]:
     name = member.name
     pure = PurePosixPath(name)
-    if pure.is_absolute() or name.startswith(("/", "\\")) or ":" in pure.parts[0]:
+    if pure.is_absolute() or name.startswith(("/", "\\")) or (pure.parts and ":" in pure.parts[0]):  # "." has no parts
         raise PipelineError(f"{path}: unsafe member {name!r}: absolute path")
     if ".." in pure.parts or "\\" in name:
         raise PipelineError(f"{path}: unsafe member {name!r}: path escapes the archive")
@@ -36,7 +37,9 @@ def iter_documents(path: str | Path) -> Iterator[Document]:
     """Yield every message of the archive, refusing unsafe or unexpected members."""
     path = Path(path)
     try:
-        with tarfile.open(path, "r|gz") as tar:  # stream: one pass, no random access needed
+        # gzip.open, not tarfile's own "r|gz": it checks the gzip CRC and length at the end, so a
+        # truncated or corrupted copy fails instead of yielding damaged or missing documents.
+        with gzip.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:  # one pass
             for member in tar:
                 parts = _member_parts(path, member)
                 if member.isdir():
@@ -48,6 +51,8 @@ def iter_documents(path: str | Path) -> Iterator[Document]:
                     )
                 handle = tar.extractfile(member)
                 yield Document(SPLITS[parts[0]], parts[1], parts[2], handle.read())
+            while raw.read(1 << 20):  # past the tar end marker to the gzip trailer (CRC, length)
+                pass
     except PipelineError:
         raise
     except FileNotFoundError:

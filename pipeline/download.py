@@ -21,13 +21,15 @@ def file_digest(path: str | Path, algorithm: str) -> str:
 
 
 def _download(url: str, dest: Path, timeout: float) -> None:
-    with requests.get(url, stream=True, timeout=timeout) as response:
+    # The file's own bytes: no on-the-fly compression asked for, and none undone (a server that
+    # labels .gz files `Content-Encoding: gzip` would otherwise have them decompressed).
+    with requests.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as response:
         response.raise_for_status()
         total = int(response.headers.get("content-length") or 0) or None
         with open(dest, "wb") as out, tqdm(
             total=total, unit="B", unit_scale=True, desc=Path(url).name, disable=None
         ) as bar:
-            for chunk in response.iter_content(chunk_size=1 << 20):
+            for chunk in response.raw.stream(1 << 20, decode_content=False):
                 out.write(chunk)
                 bar.update(len(chunk))
         if total is not None and dest.stat().st_size != total:

@@ -13,11 +13,10 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from . import params as P
-from .classifier import Classifier
+from .classifier import Classifier, model_dir
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json
 
 TEST = Path("data/prepared/test.parquet")
-MODELS = Path("data/models")
 HISTORY = Path("metrics/history")
 METRICS = Path("metrics/eval")
 OUT = Path("data/eval")
@@ -85,9 +84,8 @@ def learning_curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
 
 
 def evaluate(name: str, batch_size: int) -> dict:
-    model_dir = MODELS / name
     test = pd.read_parquet(TEST)
-    classifier = Classifier(model_dir)
+    classifier = Classifier(model_dir(name))
     texts = test["text"].tolist()
     start = time.perf_counter()
     probs = classifier.predict_proba(texts, batch_size=batch_size)
@@ -112,7 +110,7 @@ def main(argv: list[str]) -> None:
     cfg = P.stage_params("evaluate", SCHEMA)
     remove_quietly(METRICS / f"{name}.json", OUT / name)
     result, classes, y_true, y_pred = evaluate(name, cfg["batch_size"])
-    run_id = read_json(MODELS / name / "run.json")["run_id"]
+    run_id = read_json(model_dir(name) / "run.json")["run_id"]
     with atomic_path(OUT / name, directory=True) as tmp:
         pd.DataFrame({"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]}).to_csv(
             tmp / "predictions.csv", index=False

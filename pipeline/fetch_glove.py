@@ -62,6 +62,8 @@ def read_text_file(path: Path, dim: int) -> tuple[list[str], np.ndarray]:
             return parse_glove_lines(handle, dim, str(path))
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing (fetch_glove.source)") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise PipelineError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise PipelineError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
@@ -73,6 +75,8 @@ def read_zip(path: Path, dim: int, label: str) -> tuple[list[str], np.ndarray]:
             return parse_glove_lines(io.TextIOWrapper(raw, encoding="utf-8"), dim, f"{label}:{member}")
     except KeyError:
         raise PipelineError(f"{label}: has no member {member}") from None
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"{label}:{member}: not UTF-8 text ({exc.reason})") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
         raise PipelineError(f"{label}: not a readable zip archive ({exc})") from None
 

@@ -22,14 +22,15 @@ class ModelSpec:
     build: Callable
     schema: dict
     glove: bool = False  # reads the GloVe embedding matrix
+    min_len: Callable[[dict], int] | None = None  # shortest input the architecture accepts
 
 
 REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, kind: str, schema: dict, glove: bool = False):
+def register(name: str, kind: str, schema: dict, glove: bool = False, min_len=None):
     def wrap(build):
-        REGISTRY[name] = ModelSpec(kind, build, schema, glove)
+        REGISTRY[name] = ModelSpec(kind, build, schema, glove, min_len)
         return build
 
     return wrap
@@ -97,8 +98,11 @@ TRAINING = {
 
 
 @functools.cache
-def _masked_mean_layer():
+def _layers() -> dict:
+    """The project's own Keras layers, defined once (TensorFlow is imported lazily) and
+    registered so saved models load anywhere `pipeline` is importable."""
     import keras
+    from keras import ops
 
     @keras.saving.register_keras_serializable(package="newsgroups")
     class MaskedMean(keras.layers.Layer):
@@ -109,8 +113,6 @@ def _masked_mean_layer():
             self.supports_masking = True
 
         def call(self, inputs, mask=None):
-            from keras import ops
-
             if mask is None:
                 return ops.mean(inputs, axis=1)
             weights = ops.expand_dims(ops.cast(mask, inputs.dtype), -1)
@@ -123,11 +125,34 @@ def _masked_mean_layer():
         def compute_output_shape(self, input_shape):
             return (input_shape[0], input_shape[2])
 
-    return MaskedMean
+    @keras.saving.register_keras_serializable(package="newsgroups")
+    class HashedBigrams(keras.layers.Layer):
+        """fastText's word bigrams: append, to the token ids, one id per adjacent pair of real
+        tokens, hashed into `buckets` ids after the vocabulary (pairs touching padding get 0)."""
+
+        def __init__(self, vocab_size: int, buckets: int, **kwargs):
+            super().__init__(**kwargs)
+            self.vocab_size, self.buckets = int(vocab_size), int(buckets)
+
+        def call(self, ids):
+            ids = ops.cast(ids, "int64")
+            first, second = ids[:, :-1], ids[:, 1:]
+            hashed = ops.mod(first * 1_000_003 + second, self.buckets) + self.vocab_size
+            bigrams = ops.where(ops.logical_and(first > 0, second > 0), hashed, ops.zeros_like(hashed))
+            return ops.concatenate([ids, bigrams], axis=1)
+
+        def compute_output_shape(self, input_shape):
+            length = input_shape[1]
+            return (input_shape[0], None if length is None else max(2 * length - 1, length))
+
+        def get_config(self):
+            return {**super().get_config(), "vocab_size": self.vocab_size, "buckets": self.buckets}
+
+    return {"MaskedMean": MaskedMean, "HashedBigrams": HashedBigrams}
 
 
 def custom_objects() -> dict:
-    return {"MaskedMean": _masked_mean_layer()}
+    return dict(_layers())
 
 
 def _embedding(vocab_size, glove, dim, trainable, mask_zero):
@@ -149,8 +174,11 @@ def _cbow(cfg, vocab_size, n_classes, glove):
     import keras
 
     inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-    x = _embedding(vocab_size, glove, cfg.get("embedding_dim"), cfg.get("trainable", True), True)(inputs)
-    x = _masked_mean_layer()(name="masked_mean")(x)
+    x, buckets = inputs, cfg.get("bigram_buckets", 0)
+    if buckets:
+        x = _layers()["HashedBigrams"](vocab_size, buckets, name="bigrams")(x)
+    x = _embedding(vocab_size + buckets, glove, cfg.get("embedding_dim"), cfg.get("trainable", True), True)(x)
+    x = _layers()["MaskedMean"](name="masked_mean")(x)
     if cfg["dropout"]:
         x = keras.layers.Dropout(cfg["dropout"])(x)
     if cfg["hidden"]:
@@ -162,7 +190,7 @@ def _cbow(cfg, vocab_size, n_classes, glove):
 CBOW = {**TRAINING, "dropout": P.number(0, 0.9), "hidden": P.integer(0)}
 
 
-@register("cbow", "keras", {**CBOW, "embedding_dim": P.integer(1)})
+@register("cbow", "keras", {**CBOW, "embedding_dim": P.integer(1), "bigram_buckets": P.integer(0)})
 def cbow(cfg, vocab_size, n_classes, glove=None):
     """fastText-style: learned embeddings, masked average, softmax."""
     return _cbow(cfg, vocab_size, n_classes, None)
@@ -195,6 +223,14 @@ def _cnn(cfg, vocab_size, n_classes, glove):
     return keras.Model(inputs, outputs)
 
 
+def cnn_min_len(cfg) -> int:
+    """Shortest sequence that survives conv -> pool -> conv -> pool -> conv with >= 1 step left."""
+    length = cfg["kernel_size"]  # the last convolution needs one window
+    for _ in range(2):
+        length = length * cfg["pool_size"] + cfg["kernel_size"] - 1
+    return length
+
+
 CNN = {
     **TRAINING,
     "filters": P.integer(1),
@@ -206,12 +242,12 @@ CNN = {
 }
 
 
-@register("cnn_glove", "keras", {**CNN, "trainable": P.boolean()}, glove=True)
+@register("cnn_glove", "keras", {**CNN, "trainable": P.boolean()}, glove=True, min_len=cnn_min_len)
 def cnn_glove(cfg, vocab_size, n_classes, glove):
     return _cnn(cfg, vocab_size, n_classes, glove)
 
 
-@register("cnn", "keras", {**CNN, "embedding_dim": P.integer(1)})
+@register("cnn", "keras", {**CNN, "embedding_dim": P.integer(1)}, min_len=cnn_min_len)
 def cnn(cfg, vocab_size, n_classes, glove=None):
     return _cnn(cfg, vocab_size, n_classes, None)
 

@@ -12,7 +12,7 @@ from sklearn.datasets._twenty_newsgroups import (  # the exact meaning of fetch_
 from sklearn.model_selection import train_test_split
 
 from . import params as P
-from .common import atomic_path, run_main, write_json
+from .common import PipelineError, atomic_path, run_main, write_json
 from .corpus import iter_documents
 
 ARCHIVE = Path("data/raw/20news-bydate.tar.gz")
@@ -58,7 +58,13 @@ def split_corpus(frame: pd.DataFrame, val_fraction: float, seed: int) -> dict[st
     """Carve a stratified, seeded validation split out of train; test stays as published."""
     columns = ["id", "group", "label", "text"]
     train = frame[frame["split"] == "train"]
-    fit, val = train_test_split(train, test_size=val_fraction, stratify=train["label"], random_state=seed)
+    try:
+        fit, val = train_test_split(train, test_size=val_fraction, stratify=train["label"], random_state=seed)
+    except ValueError as exc:  # e.g. fewer validation documents than groups: say which param, no traceback
+        raise PipelineError(
+            f"params.yaml: prepare.val_fraction = {val_fraction}: no stratified split of {len(train)} "
+            f"training documents in {train['label'].nunique()} groups ({exc})"
+        ) from None
     test = frame[frame["split"] == "test"]
     return {
         "train": fit[columns].reset_index(drop=True),

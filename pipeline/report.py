@@ -16,7 +16,7 @@ SCHEMA = {"registered_model": P.string(), "alias": P.string()}
 
 # The params worth a column: what distinguishes one run of a model from another.
 KEY_PARAMS = (
-    "ngram_max", "C", "alpha", "variant", "embedding", "embedding_dim", "trainable",
+    "members", "ngram_max", "C", "alpha", "variant", "embedding", "embedding_dim", "trainable",
     "max_len", "units", "filters", "batch_size", "learning_rate", "dropout",
 )
 
@@ -25,7 +25,7 @@ def gather(models: list[str], all_params: dict) -> list[dict]:
     rows = []
     for name in models:
         train, test = read_json(TRAIN / f"{name}.json"), read_json(EVAL / f"{name}.json")
-        cfg = all_params.get("train", {}).get(name, {})
+        cfg = all_params.get("train", {}).get(name) or all_params.get(name) or {}
         rows.append(
             {
                 "model": name,
@@ -83,6 +83,8 @@ def main(argv: list[str]) -> None:
     all_params = P.load_params()
     cfg = P.validate("report", P.section(all_params, "report"), SCHEMA)
     models = P.list_of(P.string(), nonempty=True)("train.models", P.section(all_params, "train.models"))
+    if "ensemble" in all_params:
+        models.append("ensemble")
     rows = gather(models, all_params)
     best = champion(rows)
     version = register_champion(best["mlflow_run_id"], cfg["registered_model"], cfg["alias"])

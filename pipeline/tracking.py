@@ -4,13 +4,33 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
 from .common import ROOT, PipelineError
 
 ARTIFACTS_DIR = "mlartifacts"
+
+# MLflow's HTTP client retries a failing request for about 4 minutes by default (7 retries,
+# backoff factor 2, 120 s timeout): a stage would seem to hang. These bounds (about 10 s for a
+# refused connection) apply unless the user set the variables.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+for _name, _value in HTTP_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+
+PROBE_TIMEOUT = 5.0  # seconds for the reachability check of a tracking server
+# A RUNNING run started on another machine cannot be checked for a live process: it is taken as
+# stale only once it is this old.
+STALE_AFTER_HOURS = 24.0
+
+_reachable: set[str] = set()
 
 
 def project_root() -> Path:
@@ -27,18 +47,47 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+def checked_tracking_uri() -> str:
+    """tracking_uri(), a tracking server checked once per process: an unreachable one is a
+    one-line PipelineError within seconds, before any work, instead of minutes of retries."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")) and uri not in _reachable:
+        check_reachable(uri)
+        _reachable.add(uri)
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Fail fast unless something answers HTTP at `uri` (any status: auth may guard /health)."""
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise PipelineError(
+            f"MLflow tracking server {uri} unreachable ({reason} within {timeout:g} s); "
+            "start it or fix MLFLOW_TRACKING_URI"
+        ) from None
+
+
 def setup(experiment: str):
     """Point MLflow at the store and select the experiment; artifacts go to an absolute path."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(checked_tracking_uri())
     try:
         found = mlflow.get_experiment_by_name(experiment)
         if found is None:
             location = None
             if tracking_uri().startswith("sqlite:"):
                 location = (project_root() / ARTIFACTS_DIR).as_uri()
-            mlflow.create_experiment(experiment, artifact_location=location)
+            try:
+                mlflow.create_experiment(experiment, artifact_location=location)
+            except MlflowException:  # a parallel stage (dvc exp run -j 2) created it first
+                if mlflow.get_experiment_by_name(experiment) is None:
+                    raise
         return mlflow.set_experiment(experiment)
     except Exception as exc:  # unreachable server, locked or corrupt store: say so in one line
         raise PipelineError(f"MLflow tracking at {tracking_uri()}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
@@ -64,11 +113,43 @@ def path_md5(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def process_start(pid: int) -> str | None:
+    """The start time of process `pid` (clock ticks since boot, from /proc), None if it is gone
+    or a zombie; "" where /proc is missing. With the pid it names one process, reuse or not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return "" if not Path("/proc/self/stat").exists() else None
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, starttime 22
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_alive(pid: int, started: str | None) -> bool:
+    now = process_start(pid)
+    if now == "":  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return now is not None and (not started or now == started)
+
+
+def process_tags() -> dict[str, str]:
+    """The process that has a run open: close_stale_runs tells a dead run from a live one by it."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "pid_started": process_start(os.getpid()) or ""}
+
+
 def run_tags(stage: str, deps: list[str | Path]) -> dict[str, str]:
     tags = {
         "dvc_stage": stage,
         "git_commit": _git("rev-parse", "HEAD") or "unknown",
         "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        **process_tags(),
     }
     for dep in deps:
         if Path(dep).exists():
@@ -76,15 +157,31 @@ def run_tags(stage: str, deps: list[str | Path]) -> dict[str, str]:
     return tags
 
 
+def is_stale(run, host: str | None = None, now: float | None = None) -> bool:
+    """Whether a RUNNING run was left by a process that died (SIGKILL, power loss). A run of
+    this machine is stale when its process is gone; one of another machine (or without the
+    tags) cannot be checked and counts as stale only after STALE_AFTER_HOURS, so a parallel
+    experiment (`dvc exp run -j 2`, a teammate on a shared server) is never cut short."""
+    tags = run.data.tags
+    host = host or socket.gethostname()
+    if tags.get("host") == host and tags.get("pid", "").isdigit():
+        return not process_alive(int(tags["pid"]), tags.get("pid_started"))
+    if "pid" not in tags:  # recorded before runs carried their process: the old rule
+        return True
+    age_hours = ((now or time.time()) * 1000 - (run.info.start_time or 0)) / 3.6e6
+    return age_hours > STALE_AFTER_HOURS
+
+
 def close_stale_runs(experiment_id: str, stage: str) -> int:
-    """Runs of this stage still RUNNING belong to a process that died (SIGKILL, power loss):
-    mark them KILLED so none stays RUNNING forever."""
+    """Runs of this stage still RUNNING whose process died (SIGKILL, power loss) are marked
+    KILLED, so none stays RUNNING forever; runs of live processes are left alone."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    stale = client.search_runs(
+    running = client.search_runs(
         [experiment_id], filter_string=f"tags.dvc_stage = '{stage}' and attributes.status = 'RUNNING'"
     )
+    stale = [run for run in running if is_stale(run)]
     for run in stale:
         client.set_terminated(run.info.run_id, status="KILLED")
     return len(stale)
@@ -106,8 +203,14 @@ def reopen_run(run_id: str):
     """Add to the run that trained a model (evaluation); it keeps its final status."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow.start_run(run_id=run_id)
+    mlflow.set_tracking_uri(checked_tracking_uri())
+    run = mlflow.start_run(run_id=run_id)
+    try:
+        mlflow.set_tags(process_tags())  # RUNNING again, now held by this process
+    except Exception:
+        mlflow.end_run("FAILED")
+        raise
+    return run
 
 
 def pip_requirements() -> list[str]:

@@ -92,6 +92,18 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: in
     return data.prefetch(tf.data.AUTOTUNE)
 
 
+def sequence_length(name: str, cfg: dict, tokenize_max_len: int) -> int:
+    """The model's input length: its own max_len or tokenize's, checked against both limits."""
+    max_len = cfg["max_len"] or tokenize_max_len
+    key = f"train.{name}.max_len" if cfg["max_len"] else "tokenize.max_len"
+    if max_len > tokenize_max_len:
+        raise PipelineError(f"params.yaml: {key} = {max_len}: above tokenize.max_len {tokenize_max_len}")
+    shortest = get_spec(name).min_len(cfg) if get_spec(name).min_len else 1
+    if max_len < shortest:
+        raise PipelineError(f"params.yaml: {key} = {max_len}: {name} needs at least {shortest} tokens (kernel/pool sizes)")
+    return max_len
+
+
 def fit_keras(name: str, cfg: dict, out: Path) -> dict:
     import keras
     import mlflow
@@ -100,9 +112,7 @@ def fit_keras(name: str, cfg: dict, out: Path) -> dict:
     spec = get_spec(name)
     tok = read_json(TOKENIZED / "config.json")
     vocab = read_json(TOKENIZED / "vocab.json")
-    max_len = cfg["max_len"] or tok["max_len"]
-    if max_len > tok["max_len"]:
-        raise PipelineError(f"params.yaml: train.{name}.max_len = {max_len}: above tokenize.max_len {tok['max_len']}")
+    max_len = sequence_length(name, cfg, tok["max_len"])
     splits = {s: np.load(TOKENIZED / f"{s}.npz") for s in ("train", "val")}
     x = {s: d["x"][:, :max_len] for s, d in splits.items()}
     y = {s: d["y"] for s, d in splits.items()}
@@ -164,6 +174,8 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
 
     cfg = load_config(name, params_file)
     spec = get_spec(name)
+    if spec.kind == "keras":  # a config mistake is an error before any MLflow run starts
+        sequence_length(name, cfg["model"], read_json(TOKENIZED / "config.json")["max_len"])
     out = MODELS / name
     remove_quietly(out, METRICS / f"{name}.json", HISTORY / f"{name}.csv")
     deps = [PREPARED] if spec.kind == "sklearn" else [TOKENIZED] + ([EMBEDDINGS] if spec.glove else [])

@@ -1,0 +1,244 @@
+"""evaluate.score on hand-checked predictions, the report's champion / table / registry logic, and the
+evaluate stage on a small scikit-learn model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import evaluate, report
+from pipeline.classifier import Classifier, save_sklearn
+from pipeline.common import PipelineError
+from pipeline.models import REGISTRY, get_spec
+from pipeline import params as P
+from tiny import GROUPS, TOPIC_WORDS, tiny_params, write_params
+
+# ---------------------------------------------------------------- score
+
+
+def test_score_by_hand_equal_supports():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 1, 1, 1, 2, 0])
+    result = evaluate.score(y_true, y_pred, ["a", "b", "c"])
+    # a: 1 of 2 predicted right, 1 of 2 found; b: 2 of 3 right, 2 of 2 found; c: 1 of 1 right, 1 of 2 found
+    assert result["accuracy"] == 0.6667  # 4 / 6
+    assert result["per_class"] == {
+        "a": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2},
+        "b": {"precision": 0.6667, "recall": 1.0, "f1": 0.8, "support": 2},
+        "c": {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2},
+    }
+    assert result["macro_f1"] == 0.6556  # (0.5 + 0.8 + 2/3) / 3
+    assert result["weighted_f1"] == 0.6556  # equal supports: the same
+
+
+def test_score_by_hand_unequal_supports_and_absent_classes():
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 1, 1])
+    result = evaluate.score(y_true, y_pred, ["a", "b", "c", "d"])
+    assert result["accuracy"] == 0.6667
+    assert result["per_class"]["a"] == {"precision": 1.0, "recall": 0.6667, "f1": 0.8, "support": 3}
+    assert result["per_class"]["b"] == {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 2}
+    # never predicted, and never present: zeros, no warning-driven NaN
+    assert result["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert result["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert result["macro_f1"] == 0.3667  # (0.8 + 2/3 + 0 + 0) / 4
+    assert result["weighted_f1"] == 0.6222  # (0.8 * 3 + 2/3 * 2) / 6
+    json.dumps(result)  # plain JSON types only
+
+
+def test_score_perfect():
+    y = np.array([2, 0, 1, 1])
+    result = evaluate.score(y, y, ["x", "y", "z"])
+    assert result["accuracy"] == result["macro_f1"] == result["weighted_f1"] == 1.0
+    assert [v["support"] for v in result["per_class"].values()] == [1, 2, 1]
+
+
+# ---------------------------------------------------------------- champion and table
+
+
+def row(model, val, test, seconds=10.0, **params):
+    return {"model": model, "val_accuracy": val, "test_accuracy": test, "test_macro_f1": test - 0.01,
+            "train_seconds": seconds, "epochs_run": 3, "docs_per_second": 100.0, "params": params,
+            "mlflow_run_id": f"run-{model}"}
+
+
+def test_champion_is_chosen_on_validation_not_test():
+    rows = [row("a", 0.80, 0.95), row("b", 0.90, 0.70), row("c", 0.85, 0.99)]
+    assert report.champion(rows)["model"] == "b"
+
+
+def test_champion_tie_goes_to_the_faster_model():
+    rows = [row("slow", 0.9, 0.9, seconds=50.0), row("fast", 0.9, 0.8, seconds=5.0), row("low", 0.5, 1.0, seconds=1.0)]
+    assert report.champion(rows)["model"] == "fast"
+
+
+def test_champion_of_nothing_is_an_error():
+    with pytest.raises(PipelineError, match="no models"):
+        report.champion([])
+
+
+def test_markdown_marks_the_champion():
+    rows = [row("a", 0.8, 0.95, C=20.0, ngram_max=2), row("b", 0.9, 0.7, seconds=12.34)]
+    best = report.champion(rows)
+    text = report.markdown(rows, best)
+    lines = text.splitlines()
+    assert lines[0].startswith("| model | val accuracy | test accuracy |")
+    assert len(lines) == 2 + len(rows) and text.endswith("\n")
+    assert text.count("(champion)") == 1
+    assert lines[3].startswith("| **b** (champion) | 0.9000 | 0.7000 | 0.6900 | 12.3 | 3 |")
+    assert lines[2] == "| a | 0.8000 | 0.9500 | 0.9400 | 10.0 | 3 | C=20.0, ngram_max=2 |"
+
+
+def test_gather_reads_train_and_eval_metrics(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, val, test in (("m1", 0.7, 0.6), ("m2", 0.8, 0.5)):
+        Path("metrics/train").mkdir(parents=True, exist_ok=True)
+        Path("metrics/eval").mkdir(parents=True, exist_ok=True)
+        Path(f"metrics/train/{name}.json").write_text(json.dumps(
+            {"model": name, "val_accuracy": val, "train_seconds": 1.5, "epochs_run": 2, "mlflow_run_id": f"id-{name}"}))
+        Path(f"metrics/eval/{name}.json").write_text(json.dumps(
+            {"model": name, "accuracy": test, "macro_f1": test / 2, "docs_per_second": 99.0}))
+    params = {"train": {"m1": {"C": 3.0, "max_len": None, "epochs": 5}, "m2": {"dropout": 0.1}}}
+    rows = report.gather(["m1", "m2"], params)
+    assert [r["model"] for r in rows] == ["m1", "m2"]
+    assert rows[0]["params"] == {"C": 3.0}  # key params only, None left out
+    assert rows[1]["params"] == {"dropout": 0.1}
+    assert rows[0]["test_accuracy"] == 0.6 and rows[0]["test_macro_f1"] == 0.3 and rows[0]["mlflow_run_id"] == "id-m1"
+    assert report.champion(rows)["model"] == "m2"
+    with pytest.raises(PipelineError, match="metrics/train/m3.json: missing"):
+        report.gather(["m3"], params)
+
+
+# ---------------------------------------------------------------- a small trained model
+
+
+def tiny_corpus() -> pd.DataFrame:
+    rows = []
+    for label, group in enumerate(GROUPS):
+        words = TOPIC_WORDS[group]
+        for i in range(6):
+            rows.append((f"x/{group}/{i}", group, label, " ".join(words[(i + j) % len(words)] for j in range(6))))
+    frame = pd.DataFrame(rows, columns=["id", "group", "label", "text"])
+    frame["label"] = frame["label"].astype("int32")
+    return frame
+
+
+@pytest.fixture(scope="module")
+def sklearn_model(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("model") / "tfidf_logreg"
+    directory.mkdir()
+    cfg = tiny_params("unused.txt", {"groups": 3, "train": 36, "test": 18})["train"]["tfidf_logreg"]
+    cfg = P.validate("train.tfidf_logreg", cfg, REGISTRY["tfidf_logreg"].schema)
+    frame = tiny_corpus()
+    pipeline = get_spec("tfidf_logreg").build(cfg).fit(frame["text"].tolist(), frame["label"].to_numpy())
+    save_sklearn(directory, pipeline, list(GROUPS), "tfidf_logreg")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, sklearn_model):
+    """A sqlite MLflow store with an experiment whose artifacts stay in the temporary directory, and
+    two runs that each logged the model."""
+    import mlflow
+
+    from pipeline.tracking import log_classifier
+
+    base = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        exp = mlflow.create_experiment("unit", artifact_location=(base / "artifacts").as_uri())
+        run_ids = []
+        for name in ("first", "second"):
+            with mlflow.start_run(experiment_id=exp, run_name=name) as run:
+                log_classifier(sklearn_model, list(GROUPS), ["orbit launch"])
+                run_ids.append(run.info.run_id)
+    return {"uri": uri, "experiment_id": exp, "runs": run_ids}
+
+
+@pytest.fixture
+def mlflow_env(store, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    mlflow.set_tracking_uri(store["uri"])
+    return store
+
+
+def test_register_champion_once_per_run(mlflow_env):
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    first, second = mlflow_env["runs"]
+    assert report.register_champion(first, "unit-model", "champion") == "1"
+    assert report.register_champion(first, "unit-model", "champion") == "1"  # no new version
+    assert len(client.search_model_versions("name = 'unit-model'")) == 1
+    assert client.get_model_version_by_alias("unit-model", "champion").run_id == first
+    assert report.register_champion(second, "unit-model", "champion") == "2"
+    assert client.get_model_version_by_alias("unit-model", "champion").run_id == second
+    assert report.register_champion(first, "unit-model", "champion") == "1"  # back to the first one
+    assert len(client.search_model_versions("name = 'unit-model'")) == 2
+    assert str(client.get_model_version_by_alias("unit-model", "champion").version) == "1"
+
+    model = mlflow.pyfunc.load_model("models:/unit-model@champion")
+    out = model.predict(["shuttle orbit launch rocket", "", "engine brake tire"])
+    assert out.columns.tolist() == ["label", *GROUPS] and len(out) == 3
+    assert out["label"][0] == "sci.space" and out["label"][2] == "rec.autos"
+    np.testing.assert_allclose(out[list(GROUPS)].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_register_champion_separate_aliases_and_names(mlflow_env):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    first, second = mlflow_env["runs"]
+    assert report.register_champion(second, "other-model", "best") == "1"
+    assert report.register_champion(first, "other-model", "previous") == "2"
+    assert client.get_model_version_by_alias("other-model", "best").run_id == second
+    assert client.get_model_version_by_alias("other-model", "previous").run_id == first
+
+
+def test_evaluate_stage_on_a_small_model(tmp_path, monkeypatch, sklearn_model, mlflow_env):
+    import shutil
+
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", {"evaluate": {"batch_size": 4}})
+    name = "tfidf_logreg"
+    shutil.copytree(sklearn_model, tmp_path / "data/models" / name)
+    run_id = mlflow_env["runs"][0]
+    (tmp_path / "data/models" / name / "run.json").write_text(json.dumps({"run_id": run_id}))
+    test = tiny_corpus()
+    test.loc[0, "text"] = "engine car brake"  # one comp.graphics document that reads like rec.autos
+    Path("data/prepared").mkdir(parents=True)
+    test.to_parquet("data/prepared/test.parquet", index=False)
+    Path("metrics/history").mkdir(parents=True)
+    pd.DataFrame({"epoch": [1], "loss": [0.5], "accuracy": [0.9], "val_loss": [0.6], "val_accuracy": [0.8]}).to_csv(
+        f"metrics/history/{name}.csv", index=False)
+
+    evaluate.main([name])
+
+    result = json.loads(Path(f"metrics/eval/{name}.json").read_text())
+    y_pred = Classifier(tmp_path / "data/models" / name).predict_proba(test["text"].tolist()).argmax(axis=1)
+    assert y_pred[0] == 1
+    expected = evaluate.score(test["label"].to_numpy(), y_pred, list(GROUPS))
+    assert {k: result[k] for k in expected} == expected
+    assert result["model"] == name and result["test_docs"] == len(test) and result["mlflow_run_id"] == run_id
+    assert result["accuracy"] == round((y_pred == test["label"].to_numpy()).mean(), 4) < 1.0
+    predictions = pd.read_csv(f"data/eval/{name}/predictions.csv")
+    assert predictions["actual"].tolist() == test["group"].tolist()
+    assert predictions["predicted"].tolist() == [GROUPS[i] for i in y_pred]
+    for file in ("confusion_matrix.png", "learning_curve.png"):
+        assert Path(f"data/eval/{name}/{file}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "sci.space" in Path(f"data/eval/{name}/classification_report.txt").read_text()
+    run = MlflowClient().get_run(run_id)
+    assert run.data.metrics["test_accuracy"] == result["accuracy"]
+    assert run.data.metrics["test_macro_f1"] == result["macro_f1"]
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt"} <= artifacts

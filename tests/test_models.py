@@ -1,0 +1,218 @@
+"""Unit tests of the model registry (pipeline/models.py): every model builds on tiny input and gives
+class probabilities; masking keeps padding out of the answer; schemas and names are checked."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import params as P
+from pipeline.common import PipelineError
+from pipeline.models import REGISTRY, custom_objects, get_spec
+from tiny import GROUPS, ROOT, TOPIC_WORDS, tiny_params
+
+VOCAB, CLASSES, LENGTH = 50, 3, 30
+KERAS = sorted(n for n, s in REGISTRY.items() if s.kind == "keras")
+SKLEARN = sorted(n for n, s in REGISTRY.items() if s.kind == "sklearn")
+MASKED = ["cbow", "cbow_glove", "lstm"]
+
+
+@pytest.fixture(scope="module")
+def configs() -> dict:
+    """Each model's params section from params.yaml, scaled down as in the end-to-end test."""
+    train = tiny_params("unused.txt", {"groups": 3, "train": 36, "test": 18})["train"]
+    return {name: P.validate(f"train.{name}", train[name], REGISTRY[name].schema) for name in REGISTRY}
+
+
+@pytest.fixture(scope="module")
+def glove() -> np.ndarray:
+    matrix = np.random.default_rng(0).normal(0, 0.5, (VOCAB, 50)).astype(np.float32)
+    matrix[0] = 0.0
+    return matrix
+
+
+@pytest.fixture(scope="module")
+def built(configs, glove) -> dict:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return {name: get_spec(name).build(configs[name], VOCAB, CLASSES, glove) for name in KERAS}
+
+
+def token_batch(rows: int = 4, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(1, VOCAB, size=(rows, LENGTH)).astype(np.int32)
+    for i in range(rows):
+        x[i, LENGTH - 3 * i :] = 0  # trailing padding of different lengths
+    return x
+
+
+def probabilities(model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model(x, training=False))
+
+
+def test_registry_covers_params_yaml():
+    models = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["models"]
+    assert set(models) <= set(REGISTRY)
+    assert {"tfidf_logreg", "naive_bayes", "cbow", "cbow_glove", "cnn_glove", "cnn", "lstm"} <= set(REGISTRY)
+    assert all(spec.kind in ("keras", "sklearn") for spec in REGISTRY.values())
+    assert {n for n, s in REGISTRY.items() if s.glove} >= {"cbow_glove", "cnn_glove", "lstm"}
+
+
+@pytest.mark.parametrize("name", KERAS)
+def test_keras_model_gives_probabilities(built, name):
+    x = token_batch()
+    probs = probabilities(built[name], x)
+    assert probs.shape == (4, CLASSES)
+    assert np.isfinite(probs).all() and (probs >= 0).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert probabilities(built[name], x[:1]).shape == (1, CLASSES)  # any batch size
+
+
+@pytest.mark.parametrize("name", KERAS)
+def test_keras_model_accepts_other_lengths(built, name):
+    x = np.random.default_rng(1).integers(1, VOCAB, size=(2, 45)).astype(np.int32)
+    assert probabilities(built[name], x).shape == (2, CLASSES)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in KERAS if REGISTRY[n].glove))
+def test_glove_models_start_from_the_matrix(configs, glove, name):
+    import keras
+
+    for trainable in (True, False):
+        cfg = {**configs[name], "trainable": trainable}
+        if name == "lstm":
+            cfg["embedding"] = "glove"
+        layer = get_spec(name).build(cfg, VOCAB, CLASSES, glove).get_layer("embedding")
+        assert isinstance(layer, keras.layers.Embedding)
+        np.testing.assert_array_equal(np.asarray(layer.embeddings), glove)
+        assert layer.trainable is trainable
+
+
+def test_learned_embeddings_have_their_own_size(configs, glove):
+    cbow = get_spec("cbow").build(configs["cbow"], VOCAB, CLASSES, None)
+    assert tuple(cbow.get_layer("embedding").embeddings.shape) == (VOCAB, configs["cbow"]["embedding_dim"])
+    cfg = {**configs["lstm"], "embedding": "learned", "embedding_dim": 6, "bidirectional": True}
+    lstm = get_spec("lstm").build(cfg, VOCAB, CLASSES, glove)
+    assert tuple(lstm.get_layer("embedding").embeddings.shape) == (VOCAB, 6)
+    assert probabilities(lstm, token_batch()).shape == (4, CLASSES)
+
+
+@pytest.mark.parametrize("name", MASKED)
+def test_all_padding_row_gives_finite_output(built, name):
+    x = token_batch()
+    x[1] = 0  # an empty document
+    probs = probabilities(built[name], x)
+    assert np.isfinite(probs).all(), probs
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MASKED)
+def test_trailing_padding_does_not_change_the_answer(built, name):
+    doc = np.array([[5, 7, 9, 11, 3]], dtype=np.int32)
+    padded = np.concatenate([doc, np.zeros((1, 20), dtype=np.int32)], axis=1)
+    np.testing.assert_allclose(probabilities(built[name], doc), probabilities(built[name], padded), atol=1e-6)
+
+
+def test_unmasked_cnn_does_see_padding(built):
+    """The control for the test above: without masking, padding would change the output."""
+    doc = np.random.default_rng(2).integers(1, VOCAB, size=(1, 20)).astype(np.int32)
+    padded = np.concatenate([doc, np.zeros((1, 30), dtype=np.int32)], axis=1)
+    assert not np.allclose(probabilities(built["cnn"], doc), probabilities(built["cnn"], padded), atol=1e-6)
+
+
+def test_masked_mean_by_hand():
+    import keras
+
+    layer = custom_objects()["MaskedMean"]()
+    values = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+    mask = np.array([[True, True, False], [False, False, False]])
+    out = np.asarray(layer(keras.ops.convert_to_tensor(values), mask=keras.ops.convert_to_tensor(mask)))
+    np.testing.assert_allclose(out, [[1.0, 2.0], [0.0, 0.0]])  # mean of rows 0-1; empty row: zeros
+    np.testing.assert_allclose(np.asarray(layer(values)), values.mean(axis=1))  # no mask: plain mean
+    assert layer.compute_output_shape((2, 3, 2)) == (2, 2)
+
+
+def test_keras_model_round_trips_through_save(built, tmp_path):
+    import keras
+
+    path = tmp_path / "cbow.keras"
+    built["cbow"].save(path)
+    loaded = keras.saving.load_model(path, custom_objects=custom_objects())
+    x = token_batch()
+    np.testing.assert_allclose(probabilities(loaded, x), probabilities(built["cbow"], x), atol=1e-6)
+
+
+def tiny_texts() -> tuple[list[str], np.ndarray]:
+    texts, labels = [], []
+    for label, group in enumerate(GROUPS):
+        words = TOPIC_WORDS[group]
+        for i in range(4):
+            texts.append(" ".join(words[(i + j) % len(words)] for j in range(5)) + " the of and")
+            labels.append(label)
+    return texts, np.array(labels)
+
+
+@pytest.mark.parametrize("name", SKLEARN)
+def test_sklearn_model_gives_probabilities(configs, name):
+    texts, labels = tiny_texts()
+    model = get_spec(name).build(configs[name])
+    model.fit(texts, labels)
+    queries = ["orbit launch of the shuttle", "engine and brake", "pixel texture render", "", "unseen words only"]
+    probs = model.predict_proba(queries)
+    assert probs.shape == (len(queries), CLASSES)
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert probs[:3].argmax(axis=1).tolist() == [2, 1, 0]  # sci.space, rec.autos, comp.graphics
+    assert (model.predict(texts) == labels).mean() == 1.0
+
+
+def test_naive_bayes_variants(configs):
+    from sklearn.naive_bayes import ComplementNB, MultinomialNB
+
+    for variant, cls in (("complement", ComplementNB), ("multinomial", MultinomialNB)):
+        model = get_spec("naive_bayes").build({**configs["naive_bayes"], "variant": variant})
+        assert isinstance(model.steps[-1][1], cls)
+
+
+def test_get_spec_unknown_model_lists_the_known_ones():
+    with pytest.raises(PipelineError) as exc:
+        get_spec("nope")
+    message = str(exc.value)
+    assert "'nope'" in message and "\n" not in message
+    for name in REGISTRY:
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    "name, change, fragment",
+    [
+        ("cbow", {"dropout": 1.5}, "train.cbow.dropout = 1.5"),
+        ("cbow", {"epochs": 0}, "train.cbow.epochs = 0"),
+        ("cbow", {"learning_rate": 0}, "train.cbow.learning_rate = 0"),
+        ("cbow", {"embedding_dim": "big"}, "train.cbow.embedding_dim = 'big'"),
+        ("cbow", {"max_len": 0}, "train.cbow.max_len = 0"),
+        ("cbow_glove", {"trainable": "yes"}, "train.cbow_glove.trainable = 'yes'"),
+        ("cnn", {"spatial_dropout": -0.1}, "train.cnn.spatial_dropout = -0.1"),
+        ("lstm", {"embedding": "word2vec"}, "train.lstm.embedding = 'word2vec'"),
+        ("lstm", {"units": 0}, "train.lstm.units = 0"),
+        ("tfidf_logreg", {"ngram_max": 4}, "train.tfidf_logreg.ngram_max = 4"),
+        ("tfidf_logreg", {"C": 0}, "train.tfidf_logreg.C = 0"),
+        ("naive_bayes", {"variant": "bernoulli"}, "train.naive_bayes.variant = 'bernoulli'"),
+        ("naive_bayes", {"max_df": 0.0}, "train.naive_bayes.max_df = 0.0"),
+        ("cnn_glove", {"kernel": 3}, "train.cnn_glove.kernel: unknown key"),
+    ],
+)
+def test_model_schemas_reject_bad_values(configs, name, change, fragment):
+    with pytest.raises(PipelineError) as exc:
+        P.validate(f"train.{name}", {**configs[name], **change}, REGISTRY[name].schema)
+    assert fragment in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_model_schema_requires_every_key(configs, name):
+    cfg = dict(configs[name])
+    key = next(iter(cfg))
+    del cfg[key]
+    with pytest.raises(PipelineError, match=rf"^params.yaml: train.{name}.{key}: missing$"):
+        P.validate(f"train.{name}", cfg, REGISTRY[name].schema)
