@@ -262,6 +262,7 @@ def cnn(cfg, vocab_size, n_classes, glove=None):
         "trainable": P.boolean(),  # for GloVe embeddings
         "units": P.integer(1),
         "bidirectional": P.boolean(),
+        "pooling": P.choice("max", "last"),  # max over every step's output, or the last state
         "dropout": P.number(0, 0.9),
     },
     glove=True,
@@ -273,8 +274,12 @@ def lstm(cfg, vocab_size, n_classes, glove):
     inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     matrix = glove if cfg["embedding"] == "glove" else None
     x = _embedding(vocab_size, matrix, cfg["embedding_dim"], cfg["trainable"], True)(inputs)
-    rnn = layers.LSTM(cfg["units"])
+    # Max-pooling every step's output trains far more easily over 200 steps than the last state
+    # alone; masked steps repeat the previous output, so padding cannot win the max.
+    rnn = layers.LSTM(cfg["units"], return_sequences=cfg["pooling"] == "max")
     x = layers.Bidirectional(rnn)(x) if cfg["bidirectional"] else rnn(x)
+    if cfg["pooling"] == "max":
+        x = layers.GlobalMaxPooling1D()(x)
     if cfg["dropout"]:
         x = layers.Dropout(cfg["dropout"])(x)
     outputs = layers.Dense(n_classes, activation="softmax")(x)

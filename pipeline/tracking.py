@@ -81,8 +81,9 @@ def setup(experiment: str):
         found = mlflow.get_experiment_by_name(experiment)
         if found is None:
             location = None
-            if tracking_uri().startswith("sqlite:"):
-                location = (project_root() / ARTIFACTS_DIR).as_uri()
+            if tracking_uri().startswith("sqlite:///"):  # artifacts beside the database file
+                database = Path(tracking_uri()[len("sqlite:///"):]).resolve()
+                location = (database.parent / ARTIFACTS_DIR).as_uri()
             try:
                 mlflow.create_experiment(experiment, artifact_location=location)
             except MlflowException:  # a parallel stage (dvc exp run -j 2) created it first

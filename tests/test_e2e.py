@@ -32,9 +32,9 @@ def test_repro_builds_every_output(project):
     emb = json.loads((repo / "metrics/embeddings.json").read_text())
     assert 0.3 < emb["vocab_coverage"] <= 1.0
     summary = json.loads((repo / "metrics/summary.json").read_text())
-    assert set(summary["models"]) == set(MODELS)
-    for name in MODELS:
-        assert (repo / f"data/models/{name}/meta.json").is_file()
+    assert set(summary["models"]) == set(MODELS) | {"ensemble"}
+    for name in MODELS + ["ensemble"]:
+        assert (repo / ("data/ensemble" if name == "ensemble" else f"data/models/{name}") / "meta.json").is_file()
         evaluation = json.loads((repo / f"metrics/eval/{name}.json").read_text())
         assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["test_docs"] == 18
         assert (repo / f"data/eval/{name}/confusion_matrix.png").stat().st_size > 1000
@@ -50,10 +50,13 @@ def test_mlflow_has_every_run_and_the_champion(project):
     client = MlflowClient()
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(MODELS)
+    assert sorted(r.info.run_name for r in runs) == sorted(MODELS + ["ensemble"])
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {"test_accuracy", "val_accuracy", "train_seconds"} <= set(r.data.metrics)
+        if r.info.run_name == "ensemble":
+            assert r.data.tags["dvc_stage"] == "ensemble" and "weight.cbow" in r.data.metrics
+            continue
         assert r.data.tags["dvc_stage"] == f"train@{r.info.run_name}"
         assert "prepare.seed" in r.data.params
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "evaluation")}

@@ -80,6 +80,8 @@ def tiny_params(glove_path: str, counts: dict, models: list[str] | None = None) 
     params["mlflow"]["experiment"] = "tiny"
     train = params["train"]
     train["models"] = models or list(train["models"])
+    members = [m for m in params["ensemble"]["members"] if m in train["models"]]
+    params["ensemble"]["members"] = members or train["models"][:1]
     for name, cfg in train.items():
         if not isinstance(cfg, dict):
             continue

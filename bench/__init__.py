@@ -1,0 +1,1 @@
+"""Benchmarks and helper scripts that drive the trained models from outside the pipeline."""

@@ -1,0 +1,225 @@
+"""Throughput and latency of the champion: served by `mlflow models serve`, and in-process.
+
+    python bench/serve_bench.py                      # champion, data/prepared/test.parquet
+    python bench/serve_bench.py --model cbow --singles 100 --batches 10
+
+For each path (`served`: HTTP POSTs to /invocations of a scoring server this script starts on a
+free loopback port and stops; `in-process`: pipeline.predict's load_model + classify, what the CLI
+does) and each mode (`single`: one document per request; `batch64`: 64 per request), sequential
+requests over test-set texts: requests/second, documents/second, p50/p95 latency. Prints a table
+and writes metrics/serve_bench.json. Request counts are bounded (--singles, --batches, and
+--max-seconds per scenario); all traffic stays on 127.0.0.1 (or the --url given, loopback only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.local_server import HOST, LocalServer, http_session  # noqa: E402
+
+MAX_SINGLES = 5000
+MAX_BATCHES = 500
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def serving_uri(model: str) -> str:
+    """What `mlflow models serve -m` takes for `model`: URIs and MLflow model directories as they
+    are; a pipeline model name becomes the run that trained it (data/models/<name>/run.json)."""
+    from pipeline.predict import pipeline_model_dir
+
+    if "://" in model or model.startswith(("models:/", "runs:/")):
+        return model
+    path = Path(model)
+    if (path / "MLmodel").is_file():
+        return str(path.resolve())
+    directory = path if (path / "run.json").is_file() else ROOT / pipeline_model_dir(model)
+    try:
+        run_id = json.loads((directory / "run.json").read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        raise BenchError(f"model {model!r}: no run.json in {directory}, so no logged model to serve") from None
+    return f"runs:/{run_id}/model"
+
+
+def load_texts(path: Path, count: int, seed: int) -> list[str]:
+    import numpy as np
+    import pandas as pd
+
+    if not path.is_file():
+        raise BenchError(f"{path}: missing (the prepare stage writes it)")
+    texts = pd.read_parquet(path, columns=["text"])["text"].astype(str).tolist()
+    if not texts:
+        raise BenchError(f"{path}: no texts")
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return [texts[i % len(texts)] for i in np.resize(order, count)]
+
+
+def measure(name: str, mode: str, call, payloads: list[list[str]], warmup: int, max_seconds: float) -> dict:
+    """Sequential calls, one per payload (after `warmup` untimed ones), until the payloads or the
+    time budget run out."""
+    import numpy as np
+
+    for payload in payloads[:warmup]:
+        call(payload)
+    latencies, docs, errors, labels = [], 0, 0, []
+    start = time.perf_counter()
+    for payload in payloads:
+        t0 = time.perf_counter()
+        try:
+            labels.extend(call(payload))
+            docs += len(payload)
+        except BenchError:
+            errors += 1
+        latencies.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > max_seconds:
+            break
+    wall = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1000
+    return {
+        "path": name, "mode": mode, "requests": len(latencies), "docs": docs, "errors": errors,
+        "seconds": round(wall, 3),
+        "requests_per_second": round(len(latencies) / wall, 2),
+        "docs_per_second": round(docs / wall, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "_labels": labels,
+    }
+
+
+def served_call(url: str, timeout: float):
+    session = http_session()
+
+    def call(texts: list[str]) -> list[str]:
+        import requests
+
+        try:
+            response = session.post(f"{url}/invocations", json={"inputs": texts}, timeout=timeout)
+        except requests.RequestException as exc:
+            raise BenchError(f"{url}/invocations: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise BenchError(f"HTTP {response.status_code}: {response.text[:200]}")
+        predictions = response.json()["predictions"]
+        if len(predictions) != len(texts):
+            raise BenchError(f"{len(predictions)} predictions for {len(texts)} texts")
+        return [p["label"] for p in predictions]
+
+    return call
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'path':<11} {'mode':<8} {'requests':>8} {'docs':>6} {'requests/s':>10} {'docs/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['path']:<11} {r['mode']:<8} {r['requests']:>8} {r['docs']:>6} {r['requests_per_second']:>10.2f} "
+            f"{r['docs_per_second']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['errors']:>6}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None,
+                   help="models:/..., runs:/..., a pipeline model name or an MLflow model directory "
+                   "(default: models:/newsgroups-classifier@champion)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI or the project's mlflow.db)")
+    p.add_argument("--data", default=str(ROOT / "data/prepared/test.parquet"), help="parquet file with a `text` column")
+    p.add_argument("--singles", type=int, default=200, help=f"single-document requests per path (at most {MAX_SINGLES})")
+    p.add_argument("--batches", type=int, default=20, help=f"batch requests per path (at most {MAX_BATCHES})")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=3, help="untimed requests before each scenario")
+    p.add_argument("--max-seconds", type=float, default=300, help="time budget per scenario")
+    p.add_argument("--url", default=None, help="an already running scoring server on the loopback (none is started)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds for the server to start and per request")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "metrics/serve_bench.json"))
+    args = p.parse_args(argv)
+    if not (1 <= args.singles <= MAX_SINGLES and 1 <= args.batches <= MAX_BATCHES and 1 <= args.batch_size <= 1024):
+        p.error(f"--singles in [1, {MAX_SINGLES}], --batches in [1, {MAX_BATCHES}], --batch-size in [1, 1024]")
+    if args.url and urlparse(args.url).hostname not in (HOST, "localhost", "::1"):
+        p.error("--url: loopback addresses only (127.0.0.1, localhost)")
+    os.environ.update({k: v for k, v in QUIET_ENV.items() if k not in os.environ})
+
+    from pipeline.common import PipelineError, write_json
+    from pipeline.predict import classify, default_model_uri, load_model
+    from pipeline.tracking import tracking_uri
+
+    uri = args.tracking_uri or tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    model = args.model or default_model_uri()
+    try:
+        texts = load_texts(Path(args.data), max(args.singles, args.batches * args.batch_size), args.seed)
+        singles = [[t] for t in texts[: args.singles]]
+        batches = [texts[i * args.batch_size : (i + 1) * args.batch_size] for i in range(args.batches)]
+        batches = [b if len(b) == args.batch_size else (b * args.batch_size)[: args.batch_size] for b in batches]
+
+        print(f"in-process: loading {model}", file=sys.stderr)
+        predictor = load_model(model, uri)
+        local = lambda batch: [r["label"] for r in classify(predictor, batch, k=3)]  # noqa: E731
+        mode = f"batch{args.batch_size}"
+        rows = [
+            measure("in-process", "single", local, singles, args.warmup, args.max_seconds),
+            measure("in-process", mode, local, batches, args.warmup, args.max_seconds),
+        ]
+
+        def bench_served(url: str) -> None:
+            call = served_call(url, args.timeout)
+            rows.append(measure("served", "single", call, singles, args.warmup, args.max_seconds))
+            rows.append(measure("served", mode, call, batches, args.warmup, args.max_seconds))
+
+        if args.url:
+            bench_served(args.url.rstrip("/"))
+        else:
+            target = serving_uri(model)
+            with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+                server = LocalServer(
+                    lambda port: [sys.executable, "-m", "mlflow", "models", "serve", "-m", target,
+                                  "--env-manager", "local", "-h", HOST, "-p", port],
+                    ready_path="/ping", log=Path(tmp) / "server.log", cwd=ROOT,
+                    env={**os.environ, "MLFLOW_TRACKING_URI": uri}, timeout=args.timeout,
+                )
+                print(f"served: starting mlflow models serve -m {target}", file=sys.stderr)
+                with server:
+                    bench_served(server.url)
+    except (PipelineError, BenchError, RuntimeError) as exc:
+        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
+        return 1
+
+    # the two paths must agree on what they predict (the same model, the same texts)
+    by = {(r["path"], r["mode"]): r.pop("_labels") for r in rows}
+    pairs = [(a, b) for m in ("single", mode) for a, b in zip(by[("in-process", m)], by[("served", m)])]
+    agreement = round(sum(a == b for a, b in pairs) / len(pairs), 4) if pairs else None
+    rows.sort(key=lambda r: (r["path"] != "served", r["mode"] != "single"))
+    result = {
+        "model": model,
+        "data": str(args.data),
+        "batch_size": args.batch_size,
+        "label_agreement": agreement,
+        "results": rows,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(args.out, result)
+    print(table(rows))
+    print(f"label agreement served vs in-process: {agreement}; written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

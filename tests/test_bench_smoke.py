@@ -1,0 +1,155 @@
+"""Smoke tests of the benchmark harness and the multi-seed script (bench/), on generated tiny data.
+
+They check that each script runs end to end and writes JSON with the expected keys and sane
+values. Nothing here asserts a duration: timings on tiny data mean nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        DVC_NO_ANALYTICS="1",
+        TMPDIR=str(tmp_path),
+    )
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and x > 0
+
+
+def accuracy(x) -> bool:
+    return isinstance(x, (int, float)) and 0.0 <= x <= 1.0
+
+
+def test_harness_model_parts(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_script(["bench/run_bench.py", "--tiny", "--only", "tfidf,fasttext,epoch", "--repeats", "2",
+                       "--workdir", str(tmp_path / "work"), "--out", str(out)], tmp_path)
+    result = json.loads(out.read_text())
+    assert result["meta"]["tiny"] is True and result["meta"]["parts"] == ["tfidf", "fasttext", "epoch"]
+    assert positive(result["calibration"]["seconds"]) and "repro" not in result
+
+    tfidf = result["tfidf"]
+    for name in ("tfidf_logreg", "tfidf_linearsvc"):
+        assert positive(tfidf[name]["fit_seconds"]) and len(tfidf[name]["fit_runs"]) == 2
+        assert accuracy(tfidf[name]["test_accuracy"])
+    assert positive(tfidf["fit_time_ratio"]) and tfidf["test_docs"] == 18
+
+    race = result["fasttext"]
+    assert race["threshold"] == 0.78
+    ft, cbow = race["fasttext"], race["cbow"]
+    assert ft["params"]["wordNgrams"] == 2 and ft["curve"] and ft["curve"][0]["epoch"] == 1
+    assert all(accuracy(row["test_accuracy"]) and positive(row["seconds"]) for row in ft["curve"])
+    assert accuracy(ft["final"]["test_accuracy"]) and positive(ft["final"]["seconds"])
+    assert (ft["seconds_to_threshold"] is None) == (ft["epoch_to_threshold"] is None)
+    assert cbow["params"]["epochs"] == 2 and len(cbow["curve"]) == cbow["final"]["epochs_run"] <= 2
+    for row in cbow["curve"]:
+        assert accuracy(row["test_accuracy"]) and positive(row["epoch_seconds"])
+        assert 0 < row["train_seconds"] <= row["seconds_with_validation"]
+    assert accuracy(cbow["final"]["test_accuracy"]) and 1 <= cbow["final"]["best_epoch"] <= 2
+    if cbow["seconds_to_threshold"] is not None:
+        assert cbow["curve"][cbow["epoch_to_threshold"] - 1]["test_accuracy"] >= 0.78
+    if cbow["seconds_to_threshold"] is not None and ft["seconds_to_threshold"] is not None:
+        assert positive(race["time_to_threshold_ratio"])
+
+    epoch = result["epoch"]
+    assert epoch["cnn_glove"]["epochs"] == 2 and positive(epoch["cnn_glove"]["epoch_seconds"])
+    assert epoch["cbow"]["measured_in"] == "part fasttext" and positive(epoch["epoch_time_ratio"])
+
+    targets = {t["name"]: t for t in result["targets"]}
+    assert targets["tfidf_logreg_test_accuracy"]["value"] == tfidf["tfidf_logreg"]["test_accuracy"]
+    assert targets["full_repro_seconds"]["value"] is None and targets["full_repro_seconds"]["met"] is None
+    assert "| comparison" in proc.stdout and "tfidf_logreg" in proc.stdout
+
+
+def test_harness_repro_part(tmp_path):
+    """The repro machinery on a cheap target: copy, from-scratch repro, no-op, one param change,
+    per-stage peak RSS through the measuring shell."""
+    out = tmp_path / "bench.json"
+    run_script(["bench/run_bench.py", "--tiny", "--only", "repro", "--repro-target", "prepare",
+                "--change", "prepare.seed", "--repeats", "2", "--workdir", str(tmp_path / "work"), "--out", str(out)], tmp_path)
+    repro = json.loads(out.read_text())["repro"]
+    full, noop, change = repro["full"], repro["noop"], repro["change"]
+    assert full["stages_run"] == ["fetch_corpus", "prepare"]
+    assert set(full["stages"]) == {"fetch_corpus", "prepare"}
+    for stage in full["stages"].values():
+        assert stage["returncode"] == 0 and positive(stage["seconds"]) and 1 < stage["peak_rss_mib"] < 4096
+    assert positive(full["seconds"]) and full["seconds"] >= max(s["seconds"] for s in full["stages"].values())
+    assert positive(full["dvc_overhead_ratio"])
+    assert noop["stages_run"] == [] and len(noop["runs"]) == 2 and positive(noop["seconds"])
+    assert change["key"] == "prepare.seed" and change["old"] == 42 and change["new"] == 43
+    assert change["stages_run"] == ["prepare"] and set(change["stages"]) == {"prepare"}
+    assert repro["max_stage_peak_rss_stage"] in {"fetch_corpus", "prepare"} and positive(repro["max_stage_peak_rss_mib"])
+
+
+def test_seeds_protocol(tmp_path):
+    """Queue, run and report for real, with one seed (each queued experiment costs a train and an
+    evaluate stage); the statistics over several seeds are checked in the test below."""
+    out, md = tmp_path / "seeds.json", tmp_path / "seeds.md"
+    proc = run_script(["bench/seeds.py", "--tiny", "--models", "tfidf_logreg,naive_bayes", "--seed-list", "7",
+                       "--workdir", str(tmp_path / "work"), "--out", str(out), "--md", str(md)], tmp_path)
+    result = json.loads(out.read_text())
+    assert result["protocol"]["models"] == ["tfidf_logreg"] and result["protocol"]["seeds"] == [7]
+    assert result["not_seeded"] == ["naive_bayes"]
+    assert result["queue"] == {"queued": ["seed-tfidf_logreg-7"], "kept": []}
+    model = result["models"]["tfidf_logreg"]
+    assert [(r["seed"], r["experiment"], r["state"]) for r in model["runs"]] == [(7, "seed-tfidf_logreg-7", "success")]
+    stats = model["stats"]
+    assert stats["n"] == 1 and accuracy(stats["mean"]) and stats["std"] == 0.0
+    assert stats["min"] == stats["mean"] == stats["max"] == model["runs"][0]["accuracy"]
+    assert "| tfidf_logreg | 1/1 |" in proc.stdout and md.read_text().startswith("| model |")
+
+    # Again: nothing is queued twice; the MLflow source finds the same run.
+    repo = str(tmp_path / "work" / "tiny" / "repo")
+    again = tmp_path / "again.json"
+    run_script(["bench/seeds.py", "--project", repo, "--models", "tfidf_logreg", "--seed-list", "7", "--no-run",
+                "--out", str(again)], tmp_path)
+    assert json.loads(again.read_text())["queue"] == {"queued": [], "kept": ["seed-tfidf_logreg-7"]}
+    from_mlflow = tmp_path / "mlflow.json"
+    run_script(["bench/seeds.py", "--project", repo, "--models", "tfidf_logreg", "--seed-list", "7", "--report-only",
+                "--source", "mlflow", "--out", str(from_mlflow)], tmp_path)
+    assert json.loads(from_mlflow.read_text())["models"]["tfidf_logreg"]["stats"] == stats
+
+
+def test_seed_statistics_and_parsing():
+    """mean ± std over seeds and the `dvc exp show --json` (DVC 3) reading, without running DVC."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_seeds", ROOT / "bench" / "seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+
+    def data(seed, acc):
+        return {"params": {"params.yaml": {"data": {"train": {"cbow": {"seed": seed}}}}},
+                "metrics": {"metrics/eval/cbow.json": {"data": {"accuracy": acc}}}}
+
+    shown = [
+        {"rev": "workspace", "name": None, "data": data(42, 0.87), "experiments": None},
+        {"rev": "abc", "name": "main", "data": data(42, 0.87), "experiments": [
+            {"name": "seed-cbow-1", "executor": {"state": "success"}, "revs": [{"rev": "e1", "name": "seed-cbow-1", "data": data(1, 0.86)}]},
+            {"name": "seed-cbow-2", "executor": None, "revs": [{"rev": "e2", "name": "seed-cbow-2", "data": data(2, 0.88)}]},
+            {"name": "seed-cbow-3", "executor": {"state": "failed"}, "revs": [{"rev": "e3", "name": "seed-cbow-3", "data": {}}]},
+        ]},
+    ]
+    parsed = seeds.parse_exp_show(shown)
+    assert {k: v["state"] for k, v in parsed["experiments"].items()} == {"seed-cbow-1": "success", "seed-cbow-2": "success", "seed-cbow-3": "failed"}
+    assert seeds._accuracy(parsed["experiments"]["seed-cbow-2"]["data"], "cbow") == 0.88
+    assert seeds._param(parsed["workspace"], "train.cbow.seed") == 42
+    stats = seeds.stats([0.86, 0.88])
+    assert stats == {"n": 2, "mean": 0.87, "std": 0.0141, "min": 0.86, "max": 0.88}
+    table = seeds.markdown({"cbow": {"stats": stats, "baseline": {"accuracy": 0.87, "seed": 42}, "runs": [{}, {}, {}]}}, ["naive_bayes"])
+    assert "| cbow | 2/3 | 0.8700 ± 0.0141 | 0.86 | 0.88 | 0.8700 (seed 42) |" in table and "naive_bayes" in table
