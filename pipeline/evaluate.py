@@ -102,12 +102,13 @@ def evaluate(name: str, batch_size: int) -> dict:
 def main(argv: list[str]) -> None:
     import mlflow
 
-    from .tracking import reopen_run
+    from .tracking import checked_tracking_uri, reopen_run
 
     if len(argv) != 1:
         raise PipelineError("usage: python -m pipeline.evaluate <model>")
     name = argv[0]
     cfg = P.stage_params("evaluate", SCHEMA)
+    checked_tracking_uri()  # an unreachable server fails now, not after the whole evaluation
     remove_quietly(METRICS / f"{name}.json", OUT / name)
     result, classes, y_true, y_pred = evaluate(name, cfg["batch_size"])
     run_id = read_json(model_dir(name) / "run.json")["run_id"]

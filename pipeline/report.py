@@ -68,14 +68,18 @@ def register_champion(run_id: str, name: str, alias: str) -> str:
     """Register runs:/<run_id>/model (once per run) and point the alias at it."""
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    from .tracking import tracking_uri
+    from .tracking import checked_tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(checked_tracking_uri())
     client = MlflowClient()
-    existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
-    version = existing[0].version if existing else mlflow.register_model(f"runs:/{run_id}/model", name).version
-    client.set_registered_model_alias(name, alias, version)
+    try:
+        existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
+        version = existing[0].version if existing else mlflow.register_model(f"runs:/{run_id}/model", name).version
+        client.set_registered_model_alias(name, alias, version)
+    except MlflowException as exc:
+        raise PipelineError(f"MLflow registry at {mlflow.get_tracking_uri()}: {str(exc).splitlines()[0]}") from None
     return str(version)
 
 
