@@ -117,7 +117,7 @@ def capture(base_url: str, experiment_id: str, run_names: list[str], out: Path, 
             try:
                 for name in run_names:
                     page.locator(f'[role=row] [col-id="{RUN_NAME_COL}"]', has_text=name).first.wait_for()
-                page.get_by_role("button", name="Columns").click()
+                page.get_by_role("button", name="Columns", exact=True).first.click()
                 search = page.get_by_placeholder("Search columns")
                 for metric in metrics:
                     if page.locator(f'[role=columnheader][col-id="metrics.`{metric}`"]').count():
