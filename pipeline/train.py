@@ -72,23 +72,39 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None, trim: bool):
-    """Batches of (ids, labels), reshuffled every epoch when a seed is given (the files are
-    class-sorted no more, but SGD still wants fresh orders). With `trim`, each batch is cut to its
-    longest document: padding is masked anyway, so masked models lose nothing and run faster."""
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None, min_len: int | None,
+                 window: int = 32):
+    """Batches of (ids, labels), each cut to its longest document (never below `min_len`).
+
+    CBOW and the LSTM mask padding, so the cut only saves work; the CNNs see what padding is
+    left (the cut keeps at least `min_len` steps for their windows), which measured no worse on
+    fully padded validation data than training on fully padded batches. For training (`shuffle_seed` given), documents are
+    reshuffled every epoch, then sorted by length within windows of `window` batches, and the
+    batches reshuffled: batches of similar lengths waste little on padding, as bucketing does,
+    while every batch still mixes groups (SGD on class-sorted data fails). Without a seed, the
+    order is kept, as predictions need."""
     import tensorflow as tf
 
-    data = tf.data.Dataset.from_tensor_slices((x, y))
+    lengths = (x > 0).sum(axis=1).astype(np.int32)  # TextVectorization pads at the end
+    data = tf.data.Dataset.from_tensor_slices((x, y, lengths))
     if shuffle_seed is not None:
         data = data.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    data = data.batch(batch_size)
-    if trim:
 
-        def cut(ids, labels):
-            length = tf.reduce_max(tf.reduce_sum(tf.cast(ids > 0, tf.int32), axis=1))
-            return ids[:, : tf.maximum(length, 1)], labels
+        def by_length(ids, labels, lens):
+            order = tf.argsort(lens)
+            return tf.gather(ids, order), tf.gather(labels, order), tf.gather(lens, order)
 
-        data = data.map(cut)
+        data = data.batch(batch_size * window).map(by_length).unbatch()
+    # Known length: Keras can count steps per epoch though unbatch() hides it from tf.data.
+    data = data.batch(batch_size).apply(tf.data.experimental.assert_cardinality(-(-len(x) // batch_size)))
+    floor = max(min_len or 1, 1)
+
+    def cut(ids, labels, lens):
+        return ids[:, : tf.maximum(tf.reduce_max(lens), floor)], labels
+
+    data = data.map(cut)
+    if shuffle_seed is not None:
+        data = data.shuffle(window * 2, seed=shuffle_seed + 1, reshuffle_each_iteration=True)
     return data.prefetch(tf.data.AUTOTUNE)
 
 
@@ -98,14 +114,43 @@ def sequence_length(name: str, cfg: dict, tokenize_max_len: int) -> int:
     key = f"train.{name}.max_len" if cfg["max_len"] else "tokenize.max_len"
     if max_len > tokenize_max_len:
         raise PipelineError(f"params.yaml: {key} = {max_len}: above tokenize.max_len {tokenize_max_len}")
-    shortest = get_spec(name).min_len(cfg) if get_spec(name).min_len else 1
+    shortest = min_length(name, cfg) or 1
     if max_len < shortest:
         raise PipelineError(f"params.yaml: {key} = {max_len}: {name} needs at least {shortest} tokens (kernel/pool sizes)")
     return max_len
 
 
-def fit_keras(name: str, cfg: dict, out: Path) -> dict:
+def min_length(name: str, cfg: dict) -> int | None:
+    """Shortest input the model's architecture accepts (convolutions), None when any length does."""
+    spec = get_spec(name)
+    return spec.min_len(cfg) if spec.min_len else None
+
+
+def train_keras_model(name: str, cfg: dict, model, x: dict, y: dict, callbacks: list = (), verbose: int = 2):
+    """Compile and fit `model` as the train stage does (Adam, sparse cross-entropy, early stopping
+    on validation accuracy restoring the best weights); `callbacks` are added to the stage's own.
+    Returns the Keras History."""
     import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=cfg["learning_rate"]),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_accuracy", patience=cfg["patience"], restore_best_weights=True, mode="max"
+    )
+    floor = min_length(name, cfg)
+    return model.fit(
+        make_dataset(x["train"], y["train"], cfg["batch_size"], cfg["seed"], floor),
+        validation_data=make_dataset(x["val"], y["val"], 512, None, floor),
+        epochs=cfg["epochs"],
+        callbacks=[stop, *callbacks],
+        verbose=verbose,
+    )
+
+
+def fit_keras(name: str, cfg: dict, out: Path) -> dict:
     import mlflow
 
     seed_everything(cfg["seed"])
@@ -119,23 +164,8 @@ def fit_keras(name: str, cfg: dict, out: Path) -> dict:
     glove = np.load(EMBEDDINGS / "matrix.npy") if spec.glove else None
     classes = read_json(TOKENIZED / "classes.json")
     model = spec.build(cfg, len(vocab), len(classes), glove)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=cfg["learning_rate"]),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    masked = not name.startswith("cnn")  # convolutions see padding; masked models do not
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_accuracy", patience=cfg["patience"], restore_best_weights=True, mode="max"
-    )
     start = time.perf_counter()
-    fit = model.fit(
-        make_dataset(x["train"], y["train"], cfg["batch_size"], cfg["seed"], masked),
-        validation_data=make_dataset(x["val"], y["val"], 512, None, masked),
-        epochs=cfg["epochs"],
-        callbacks=[stop, mlflow.keras.MlflowCallback()],
-        verbose=2,
-    )
+    fit = train_keras_model(name, cfg, model, x, y, [mlflow.keras.MlflowCallback()])
     seconds = time.perf_counter() - start
     epochs = len(fit.history["loss"])
     history = [{"epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}} for i in range(epochs)]
@@ -170,12 +200,13 @@ def flat_params(cfg: dict) -> dict:
 def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     import mlflow
 
-    from .tracking import log_classifier, training_run
+    from .tracking import checked_tracking_uri, log_classifier, training_run
 
     cfg = load_config(name, params_file)
     spec = get_spec(name)
     if spec.kind == "keras":  # a config mistake is an error before any MLflow run starts
         sequence_length(name, cfg["model"], read_json(TOKENIZED / "config.json")["max_len"])
+    checked_tracking_uri()  # an unreachable server fails before the old outputs go
     out = MODELS / name
     remove_quietly(out, METRICS / f"{name}.json", HISTORY / f"{name}.csv")
     deps = [PREPARED] if spec.kind == "sklearn" else [TOKENIZED] + ([EMBEDDINGS] if spec.glove else [])

@@ -1,6 +1,7 @@
 """Copy the generated result tables into README.md (between the results markers), so the README
 shows exactly what the last real run wrote: metrics/summary.md and, when present, the
-leakage-free variant's table metrics/variants/remove_all.md.
+leakage-free variant's table metrics/variants/remove_all.md, the benchmark table metrics/bench.md
+(bench/run_bench.py) and the multi-seed table metrics/seeds.md (bench/seeds.py --md).
 
     python scripts/readme_results.py          # rewrite README.md
     python scripts/readme_results.py --check  # exit 1 if README.md is out of date
@@ -15,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BLOCKS = {
     "results": ROOT / "metrics/summary.md",
     "results-remove-all": ROOT / "metrics/variants/remove_all.md",
+    "bench": ROOT / "metrics/bench.md",
+    "seeds": ROOT / "metrics/seeds.md",
 }
 
 

@@ -68,6 +68,9 @@ def test_harness_model_parts(tmp_path):
 
     epoch = result["epoch"]
     assert epoch["cnn_glove"]["epochs"] == 2 and positive(epoch["cnn_glove"]["epoch_seconds"])
+    before = epoch["cnn_glove_straightforward"]
+    assert before["epochs"] == 2 and positive(before["epoch_seconds"]) and before["max_len"] > 0
+    assert positive(epoch["cnn_glove_speedup"])
     assert epoch["cbow"]["measured_in"] == "part fasttext" and positive(epoch["epoch_time_ratio"])
 
     targets = {t["name"]: t for t in result["targets"]}

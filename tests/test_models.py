@@ -216,3 +216,48 @@ def test_model_schema_requires_every_key(configs, name):
     del cfg[key]
     with pytest.raises(PipelineError, match=rf"^params.yaml: train.{name}.{key}: missing$"):
         P.validate(f"train.{name}", cfg, REGISTRY[name].schema)
+
+
+def _ragged_ids(rng, n: int, width: int) -> np.ndarray:
+    """Token ids padded at the end, as TextVectorization writes them, of random lengths 0..width."""
+    lengths = rng.integers(0, width + 1, n)
+    return np.where(np.arange(width) < lengths[:, None], rng.integers(1, VOCAB, (n, width)), 0).astype(np.int32)
+
+
+def _batches(data) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(ids.numpy(), labels.numpy()) for ids, labels in data]
+
+
+def test_training_batches_are_length_bucketed_and_cover_every_document():
+    from pipeline.train import make_dataset
+
+    rng = np.random.default_rng(1)
+    x = _ragged_ids(rng, 1000, 60)
+    y = np.arange(1000) % CLASSES
+    epoch = _batches(make_dataset(x, y, 16, shuffle_seed=3, min_len=None, window=8))
+    assert len(epoch) == 63  # ceil(1000 / 16)
+    seen = np.concatenate([labels for _, labels in epoch])
+    assert np.array_equal(np.sort(seen), np.sort(y))  # every document exactly once
+    widths = [ids.shape[1] for ids, _ in epoch]
+    for ids, _ in epoch:  # cut to the batch's longest document, nothing real cut off
+        assert ids.shape[1] == max((ids > 0).sum(axis=1).max(), 1)
+    # sorting within windows: far less padding than batches of a plain shuffle
+    padding = sum(ids.size - (ids > 0).sum() for ids, _ in epoch)
+    assert padding < 0.25 * (x > 0).sum(), padding
+    assert len(set(widths)) > 20  # lengths vary between batches: the buckets are shuffled, not sorted
+    assert widths != sorted(widths)
+    again = _batches(make_dataset(x, y, 16, shuffle_seed=3, min_len=None, window=8))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(epoch, again))  # seeded: reproducible
+
+
+def test_prediction_batches_keep_order_and_the_convolution_floor():
+    from pipeline.train import make_dataset
+
+    rng = np.random.default_rng(2)
+    x = _ragged_ids(rng, 100, 40)
+    x[:50, 10:] = 0  # the first batches are short documents
+    y = np.arange(100) % CLASSES
+    batches = _batches(make_dataset(x, y, 25, shuffle_seed=None, min_len=20))
+    assert np.array_equal(np.concatenate([labels for _, labels in batches]), y)
+    assert [ids.shape[1] for ids, _ in batches][:2] == [20, 20]  # never below min_len
+    assert np.array_equal(np.concatenate([ids[:, :10] for ids, _ in batches]), x[:, :10])
