@@ -100,7 +100,8 @@ class LocalServer:
 
     def stop(self, grace: float = 20) -> None:
         """SIGTERM to the server's process group (it and the workers it started), SIGKILL after
-        `grace` seconds; the process is reaped either way."""
+        `grace` seconds; the process is reaped either way, and the call returns once the port is
+        released (a killed worker closes its socket a moment after the leader is reaped)."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
@@ -118,6 +119,9 @@ class LocalServer:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        deadline = time.monotonic() + 10
+        while self.port and port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def __enter__(self) -> "LocalServer":
         return self.start()
