@@ -617,25 +617,22 @@ def test_fetch_glove_zip_without_the_member(tmp_path, monkeypatch):
     assert leftovers(work / "data") == []
 
 
-def test_fetch_glove_zip_bad_member_names_zip_and_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("a " + " ".join(["1"] * 50) + "\na " + " ".join(["2"] * 50) + "\n", "line 2: word 'a' repeats line 1"),
+        (b"caf\xe9 " + b" ".join([b"1"] * 50) + b"\n", "not UTF-8 text"),
+    ],
+    ids=["duplicate-word", "not-utf8"],
+)
+def test_fetch_glove_zip_bad_member_names_zip_and_member(tmp_path, monkeypatch, content, message):
     zip_path = tmp_path / "g.zip"
     with zipfile.ZipFile(zip_path, "w") as archive:
-        archive.writestr("glove.6B.50d.txt", "a " + " ".join(["1"] * 50) + "\na " + " ".join(["2"] * 50) + "\n")
+        archive.writestr("glove.6B.50d.txt", content)
     work = glove_project(tmp_path, monkeypatch, str(zip_path))
     with pytest.raises(PipelineError) as exc:
         fetch_glove.main([])
-    assert one_line(exc).startswith(f"{zip_path}:glove.6B.50d.txt: line 2: word 'a' repeats line 1")
-    assert leftovers(work / "data") == []
-
-
-def test_fetch_glove_zip_member_not_utf8(tmp_path, monkeypatch):
-    zip_path = tmp_path / "g.zip"
-    with zipfile.ZipFile(zip_path, "w") as archive:
-        archive.writestr("glove.6B.50d.txt", b"caf\xe9 " + b" ".join([b"1"] * 50) + b"\n")
-    work = glove_project(tmp_path, monkeypatch, str(zip_path))
-    with pytest.raises(PipelineError) as exc:
-        fetch_glove.main([])
-    assert one_line(exc).startswith(f"{zip_path}:glove.6B.50d.txt: not UTF-8 text")
+    assert one_line(exc).startswith(f"{zip_path}:glove.6B.50d.txt: {message}")
     assert leftovers(work / "data") == []
 
 

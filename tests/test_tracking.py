@@ -208,26 +208,23 @@ def test_training_failure_marks_the_run_failed(in_project, trained, monkeypatch,
     assert not Path(f"metrics/train/{name}.json").exists() and not Path(f"metrics/history/{name}.csv").exists()
 
 
-def test_max_len_above_tokenize_fails_before_any_run(in_project, trained, tmp_path):
+@pytest.mark.parametrize(
+    "name, max_len, message",
+    [
+        ("cbow_glove", 100, r"train.cbow_glove.max_len = 100: above tokenize.max_len 60"),
+        # kernel 3, pool 2 (tiny params): conv -> pool -> conv -> pool -> conv needs 3*2+2=8, 8*2+2=18 tokens
+        ("cnn", 10, r"train.cnn.max_len = 10: cnn needs at least 18 tokens"),
+    ],
+)
+def test_bad_max_len_is_a_params_error_before_any_run(in_project, trained, tmp_path, name, max_len, message):
     params = json.loads(json.dumps(in_project["params"]))
-    params["train"]["cbow_glove"]["max_len"] = 100
+    params["train"][name]["max_len"] = max_len
     params_file = write_params(tmp_path / "params.yaml", params)
-    before = len(runs_named(in_project["experiment_id"], "cbow_glove"))
-    with pytest.raises(PipelineError, match=r"train.cbow_glove.max_len = 100: above tokenize.max_len 60"):
-        T.train("cbow_glove", str(params_file))
-    assert len(runs_named(in_project["experiment_id"], "cbow_glove")) == before  # no run was started
-    assert not Path("data/models/cbow_glove").exists()
-
-
-def test_cnn_max_len_too_short_is_a_params_error(in_project, trained, tmp_path):
-    # kernel 3, pool 2 (tiny params): conv -> pool -> conv -> pool -> conv needs 3*2+2=8, 8*2+2=18 tokens
-    params = json.loads(json.dumps(in_project["params"]))
-    params["train"]["cnn"]["max_len"] = 10
-    params_file = write_params(tmp_path / "params.yaml", params)
-    before = len(runs_named(in_project["experiment_id"], "cnn"))
-    with pytest.raises(PipelineError, match=r"train.cnn.max_len = 10: cnn needs at least 18 tokens"):
-        T.train("cnn", str(params_file))
-    assert len(runs_named(in_project["experiment_id"], "cnn")) == before  # no run was started
+    before = len(runs_named(in_project["experiment_id"], name))
+    with pytest.raises(PipelineError, match=message):
+        T.train(name, str(params_file))
+    assert len(runs_named(in_project["experiment_id"], name)) == before  # no run was started
+    assert not Path(f"data/models/{name}").exists()
 
 
 def test_bad_model_params_fail_before_any_run(in_project, tmp_path):
