@@ -227,7 +227,7 @@ def keras_fit(name: str, data: Data, *, epochs: int | None = None, test_each_epo
 
     use_pipeline()
     from pipeline.models import get_spec
-    from pipeline.train import make_dataset, min_length, seed_everything, train_keras_model
+    from pipeline.train import compile_model, make_dataset, min_length, seed_everything, train_keras_model
 
     cfg = dict(data.model_cfg(name))
     if epochs is not None:
@@ -288,11 +288,7 @@ def keras_fit(name: str, data: Data, *, epochs: int | None = None, test_each_epo
     model = spec.build(cfg, len(vocab), len(classes), glove)
     start = perf()
     if plain:
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=cfg["learning_rate"]),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+        compile_model(model, cfg)
         fit = model.fit(
             padded_batches(x["train"], y["train"], cfg["batch_size"], cfg["seed"]),
             validation_data=padded_batches(x["val"], y["val"], 512, None),
@@ -884,6 +880,20 @@ def _md(rows) -> list[str]:
     return [line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows[1:]]
 
 
+def earlier_parts(path: Path, now: list[str]) -> dict:
+    """The parts of an earlier results file that this run does not redo (for --merge)."""
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise SystemExit(f"error: {path}: not a results JSON ({e}); drop --merge or fix the file")
+    kept = {p: earlier[p] for p in PARTS if p not in now and isinstance(earlier.get(p), dict)}
+    for part in kept.values():
+        part.setdefault("measured", {"finished": earlier.get("meta", {}).get("finished"), "from": "an earlier run"})
+    return kept
+
+
 def write_results(path: Path, results: dict) -> None:
     results["targets"] = target_rows(results)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -905,6 +915,8 @@ def parse_args(argv):
     p.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file the models are built from")
     p.add_argument("--workdir", type=Path, help="where temporary files and the repro copy go (default: a new temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, the repro copy)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the parts not run now from the existing --out file (each part is timed against its peer on its own)")
     p.add_argument("--tiny", action="store_true", help="generated tiny data and tiny settings: checks the harness in seconds")
     p.add_argument("--threshold", type=float, default=0.78, help="test accuracy for the time-to-accuracy race (default 0.78)")
     g = p.add_argument_group("fasttext part")
@@ -971,6 +983,8 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "versions": versions(),
     }}
+    if args.merge:
+        results.update(earlier_parts(out_path, args.parts))
     try:
         in_process = [p for p in args.parts if p != "repro"]
         if args.tiny:
@@ -1000,6 +1014,7 @@ def main(argv=None) -> int:
             elif part == "repro":
                 results["repro"] = part_repro(args, work, args.project.resolve(), mirror, results["calibration"]["seconds"])
             results[part]["part_seconds"] = r3(perf() - start)
+            results[part]["measured"] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_at_start": results["meta"]["load_average"]}
             write_results(out_path, results)  # after every part: a crash keeps what was measured
         end = calibrate(3)
         results["calibration"].update(end_seconds=end["seconds"], end_runs=end["runs"])

@@ -97,8 +97,13 @@ def _accuracy(data: dict, model: str):
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def exp_show(project: Path, env: dict) -> dict:
-    return parse_exp_show(json.loads(dvc(["exp", "show", "--json"], project, env).stdout or "[]"))
+def exp_show(project: Path, env: dict, rev: str = "HEAD") -> dict:
+    """Experiments whose baseline is `rev`: a commit made after queueing must not hide them."""
+    return parse_exp_show(json.loads(dvc(["exp", "show", "--json", "--rev", rev], project, env).stdout or "[]"))
+
+
+def head_commit(project: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def parse_exp_show(out: list) -> dict:
@@ -173,8 +178,8 @@ def stats(values: list[float]) -> dict:
     }
 
 
-def collect_dvc(project: Path, env: dict, models: list[str], seeds: list[int]) -> tuple[dict, dict]:
-    shown = exp_show(project, env)
+def collect_dvc(project: Path, env: dict, models: list[str], seeds: list[int], rev: str) -> tuple[dict, dict]:
+    shown = exp_show(project, env, rev)
     runs, baseline = {}, {}
     for model in models:
         rows = []
@@ -290,6 +295,14 @@ def project_env(mirror: Path | None) -> dict:
 # ---------------------------------------------------------------- main
 
 
+def recorded_rev(path: Path) -> str | None:
+    """The baseline commit a previous run of this script wrote into its results JSON, if any."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["protocol"].get("baseline_rev")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="See bench/README.md.")
@@ -302,6 +315,8 @@ def parse_args(argv):
     p.add_argument("--force", action="store_true", help="queue and rerun experiments that already finished")
     p.add_argument("--no-run", action="store_true", help="queue only (start them later with dvc exp run --run-all -j N)")
     p.add_argument("--report-only", action="store_true", help="neither queue nor run: just read the results")
+    p.add_argument("--rev", help="baseline commit the experiments were queued on (default: HEAD when queueing "
+                   "in this invocation, else the one recorded in --out, else HEAD)")
     p.add_argument("--source", choices=("dvc", "mlflow"), default="dvc", help="where accuracies are read (default dvc exp show)")
     p.add_argument("--project", type=Path, default=ROOT, help="the project (a git + DVC repo; default this one)")
     p.add_argument("--out", type=Path, help="results JSON (default <project>/metrics/seeds.json; with --tiny, $TMPDIR/seeds.tiny.json)")
@@ -345,11 +360,13 @@ def main(argv=None) -> int:
             "targets": "whole pipeline" if args.full else "evaluate@<model>", "project": str(project),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }}
+        rev = args.rev or (None if args.report_only else head_commit(project)) or recorded_rev(out_path) or head_commit(project)
+        result["protocol"]["baseline_rev"] = rev
         if not args.report_only:
             result["queue"] = queue(project, env, models, seeds, args.full, args.force)
             if not args.no_run:
                 result["run_seconds"] = round(run_queue(project, env, args.jobs, args.quiet or args.tiny), 1)
-        runs, baseline = collect_dvc(project, env, models, seeds) if args.source == "dvc" else collect_mlflow(project, models, seeds)
+        runs, baseline = collect_dvc(project, env, models, seeds, rev) if args.source == "dvc" else collect_mlflow(project, models, seeds)
         result["models"] = {}
         for model in models:
             accs = [r["accuracy"] for r in runs[model] if r["accuracy"] is not None]

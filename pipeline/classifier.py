@@ -15,6 +15,24 @@ import pandas as pd
 from .common import PipelineError, read_json, write_json
 
 META = "meta.json"
+POOLINGS = ("log", "linear")
+EPS = 1e-9  # floor for member probabilities under log pooling (a member sure of another class is not a veto)
+
+
+def pool(probs: Sequence[np.ndarray], weights: np.ndarray, pooling: str) -> np.ndarray:
+    """Combine member probabilities [docs, classes] with non-negative weights.
+
+    `linear` is the weighted mean. `log` is the renormalised weighted geometric mean (a product of
+    experts): each weight also acts as an inverse temperature, so a member whose probabilities are too
+    flat (one-vs-rest SGD, naive Bayes) is sharpened instead of being outvoted by confident networks.
+    """
+    if pooling == "linear":
+        return sum(w * p for w, p in zip(weights, probs)) / weights.sum()
+    if pooling == "log":
+        from scipy.special import softmax
+
+        return softmax(sum(w * np.log(np.clip(p, EPS, 1.0)) for w, p in zip(weights, probs)), axis=1)
+    raise PipelineError(f"unknown pooling {pooling!r} (expected one of {', '.join(POOLINGS)})")
 
 
 def model_dir(name: str) -> Path:
@@ -55,6 +73,9 @@ class Classifier:
             text = meta["text"]
             self.vectorizer = make_vectorizer(read_json(self.directory / "vocab.json"), text["max_len"], text["standardize"])
         elif self.kind == "ensemble":
+            self.pooling = meta.get("pooling", "linear")  # ensembles saved before log pooling existed
+            if self.pooling not in POOLINGS:
+                raise PipelineError(f"{self.directory / META}: unknown pooling {self.pooling!r}")
             self.members = [Classifier(self.directory / m) for m in meta["members"]]
             self.weights = np.asarray(meta["weights"], dtype=np.float64)
         else:
@@ -67,8 +88,8 @@ class Classifier:
         if self.kind == "sklearn":
             return self.model.predict_proba(texts).astype(np.float32)
         if self.kind == "ensemble":
-            probs = sum(w * m.predict_proba(texts, batch_size) for w, m in zip(self.weights, self.members))
-            return (probs / self.weights.sum()).astype(np.float32)
+            probs = [m.predict_proba(texts, batch_size).astype(np.float64) for m in self.members]
+            return pool(probs, self.weights, self.pooling).astype(np.float32)
         from .tokenize import encode
 
         ids = encode(self.vectorizer, texts)

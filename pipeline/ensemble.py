@@ -1,7 +1,7 @@
-"""Stage ensemble: a weighted average of the class probabilities of chosen trained models.
+"""Stage ensemble: a weighted pool of the class probabilities of chosen trained models.
 
-Weights are fitted on the validation split only (minimum log-loss over softmax-parametrised
-weights). Because those weights have seen validation, the reported validation accuracy is a
+Pooling is `log` (weighted geometric mean, renormalised) or `linear` (weighted mean); see
+`classifier.pool`. Weights are fitted on the validation split only, by minimum log-loss. Because those weights have seen validation, the reported validation accuracy is a
 2-fold cross-fit estimate (fit on one half, score the other), so the champion choice stays fair.
 The ensemble is saved as a model directory like any other (its members inside) and logged to MLflow.
 """
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from scipy.special import softmax
+from scipy.special import log_softmax, softmax
 from sklearn.model_selection import StratifiedKFold
 
 from . import params as P
-from .classifier import Classifier
+from .classifier import EPS, POOLINGS, Classifier, pool
 from .common import PipelineError, atomic_path, remove_quietly, run_main, write_json, write_text
 
 NAME = "ensemble"
@@ -28,11 +28,38 @@ OUT = Path("data/ensemble")  # not under data/models: that folder is this stage'
 METRICS = Path("metrics/train")
 HISTORY = Path("metrics/history")
 
-SCHEMA = {"members": P.list_of(P.string(), nonempty=True), "seed": P.integer(0)}
+SCHEMA = {
+    "members": P.list_of(P.string(), nonempty=True),
+    "pooling": P.choice(*POOLINGS),
+    "seed": P.integer(0),
+}
 
 
-def fit_weights(probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
-    """Non-negative weights summing to 1 that minimise the log-loss of the mixture on (probs, y)."""
+def fit_weights(probs: list[np.ndarray], y: np.ndarray, pooling: str) -> np.ndarray:
+    """Non-negative weights minimising the log-loss of `pool(probs, weights, pooling)` on labels y."""
+    if pooling == "log":
+        return fit_log_weights(probs, y)
+    return fit_linear_weights(probs, y)
+
+
+def log_pool_loss(w: np.ndarray, logs: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Log-loss of the geometric pool with weights w over member log-probabilities [models, n, classes],
+    and its gradient: d/dw_m = mean over documents of (E_q[log p_m] - log p_m[y])."""
+    rows = np.arange(len(y))
+    log_q = log_softmax(np.tensordot(w, logs, axes=1), axis=1)
+    grad = (np.exp(log_q)[None] * logs).sum(axis=2).mean(axis=1) - logs[:, rows, y].mean(axis=1)
+    return float(-log_q[rows, y].mean()), grad
+
+
+def fit_log_weights(probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Unnormalised weights (they double as inverse temperatures) for the geometric pool."""
+    logs = np.stack([np.log(np.clip(p, EPS, 1.0)) for p in probs]).astype(np.float64)
+    bounds = [(0.0, None)] * len(probs)
+    return minimize(log_pool_loss, np.ones(len(probs)), args=(logs, y), jac=True, method="L-BFGS-B", bounds=bounds).x
+
+
+def fit_linear_weights(probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to 1 for the arithmetic mixture."""
     stacked = np.stack([p[np.arange(len(y)), y] for p in probs], axis=1).astype(np.float64)  # [n, models]
 
     def loss(theta):
@@ -46,21 +73,17 @@ def fit_weights(probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     return softmax(result.x)
 
 
-def mix(probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    return sum(w * p for w, p in zip(weights, probs))
-
-
-def crossfit_accuracy(probs: list[np.ndarray], y: np.ndarray, seed: int) -> float:
+def crossfit_accuracy(probs: list[np.ndarray], y: np.ndarray, pooling: str, seed: int) -> float:
     """Accuracy of the ensemble on validation documents whose weights were fitted without them."""
     correct = 0
     folds = StratifiedKFold(n_splits=2, shuffle=True, random_state=seed)
     for fit_idx, score_idx in folds.split(np.zeros(len(y)), y):
-        w = fit_weights([p[fit_idx] for p in probs], y[fit_idx])
-        correct += int((mix([p[score_idx] for p in probs], w).argmax(axis=1) == y[score_idx]).sum())
+        w = fit_weights([p[fit_idx] for p in probs], y[fit_idx], pooling)
+        correct += int((pool([p[score_idx] for p in probs], w, pooling).argmax(axis=1) == y[score_idx]).sum())
     return correct / len(y)
 
 
-def build(members: list[str], seed: int, out: Path) -> dict:
+def build(members: list[str], pooling: str, seed: int, out: Path) -> dict:
     val = pd.read_parquet(VAL)
     texts, y = val["text"].tolist(), val["label"].to_numpy()
     missing = [m for m in members if not (MODELS / m / "meta.json").is_file()]
@@ -71,19 +94,20 @@ def build(members: list[str], seed: int, out: Path) -> dict:
     classes = classifiers[0].classes
     if any(c.classes != classes for c in classifiers):
         raise PipelineError("params.yaml: ensemble.members: the models were trained on different classes")
-    probs = [c.predict_proba(texts) for c in classifiers]
-    weights = fit_weights(probs, y)
+    probs = [c.predict_proba(texts).astype(np.float64) for c in classifiers]
+    weights = fit_weights(probs, y, pooling)
     seconds = time.perf_counter() - start
     for m in members:
         shutil.copytree(MODELS / m, out / m)
     write_json(
         out / "meta.json",
-        {"model": NAME, "kind": "ensemble", "classes": classes, "members": members, "weights": weights.round(6).tolist()},
+        {"model": NAME, "kind": "ensemble", "classes": classes, "members": members, "pooling": pooling,
+         "weights": weights.round(6).tolist()},
     )
     return {
         "weights": dict(zip(members, weights.round(4).tolist())),
-        "val_accuracy_fitted": float((mix(probs, weights).argmax(axis=1) == y).mean()),
-        "val_accuracy": crossfit_accuracy(probs, y, seed),
+        "val_accuracy_fitted": float((pool(probs, weights, pooling).argmax(axis=1) == y).mean()),
+        "val_accuracy": crossfit_accuracy(probs, y, pooling, seed),
         "member_val_accuracy": {m: float((p.argmax(axis=1) == y).mean()) for m, p in zip(members, probs)},
         "seconds": seconds,
         "classes": classes,
@@ -101,10 +125,10 @@ def main(argv: list[str]) -> None:
     experiment = P.section(params, "mlflow.experiment")
     out = OUT
     remove_quietly(out, METRICS / f"{NAME}.json", HISTORY / f"{NAME}.csv")
-    flat = {"members": ",".join(cfg["members"]), "seed": cfg["seed"]}
+    flat = {"members": ",".join(cfg["members"]), "pooling": cfg["pooling"], "seed": cfg["seed"]}
     with training_run(experiment, NAME, NAME, flat, [MODELS / m for m in cfg["members"]]) as run_id:
         with atomic_path(out, directory=True) as tmp:
-            result = build(cfg["members"], cfg["seed"], tmp)
+            result = build(cfg["members"], cfg["pooling"], cfg["seed"], tmp)
             mlflow.log_metrics(
                 {"val_accuracy": result["val_accuracy"], "val_accuracy_fitted": result["val_accuracy_fitted"],
                  "best_val_accuracy": result["val_accuracy"], "train_seconds": result["seconds"]}

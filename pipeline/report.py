@@ -16,9 +16,20 @@ SCHEMA = {"registered_model": P.string(), "alias": P.string()}
 
 # The params worth a column: what distinguishes one run of a model from another.
 KEY_PARAMS = (
-    "members", "ngram_max", "C", "alpha", "variant", "embedding", "embedding_dim", "trainable",
-    "max_len", "units", "filters", "batch_size", "learning_rate", "dropout",
+    "members", "pooling", "ngram_max", "solver", "C", "alpha", "variant", "embedding", "embedding_dim",
+    "trainable", "max_len", "units", "filters", "batch_size", "learning_rate", "dropout",
 )
+# Params read only under one solver (tfidf_logreg): listing the other one's would mislead.
+SOLVER_PARAMS = {"C": "saga", "alpha": "sgd"}
+
+
+def key_params(cfg: dict) -> dict:
+    solver = cfg.get("solver")
+    return {
+        k: cfg[k]
+        for k in KEY_PARAMS
+        if cfg.get(k) is not None and (solver is None or SOLVER_PARAMS.get(k, solver) == solver)
+    }
 
 
 def gather(models: list[str], all_params: dict) -> list[dict]:
@@ -35,7 +46,7 @@ def gather(models: list[str], all_params: dict) -> list[dict]:
                 "train_seconds": train["train_seconds"],
                 "epochs_run": train["epochs_run"],
                 "docs_per_second": test["docs_per_second"],
-                "params": {k: cfg[k] for k in KEY_PARAMS if k in cfg and cfg[k] is not None},
+                "params": key_params(cfg),
                 "mlflow_run_id": train["mlflow_run_id"],
             }
         )

@@ -126,10 +126,8 @@ def min_length(name: str, cfg: dict) -> int | None:
     return spec.min_len(cfg) if spec.min_len else None
 
 
-def train_keras_model(name: str, cfg: dict, model, x: dict, y: dict, callbacks: list = (), verbose: int = 2):
-    """Compile and fit `model` as the train stage does (Adam, sparse cross-entropy, early stopping
-    on validation accuracy restoring the best weights); `callbacks` are added to the stage's own.
-    Returns the Keras History."""
+def compile_model(model, cfg: dict) -> None:
+    """Adam at the model's learning rate, sparse cross-entropy, accuracy."""
     import keras
 
     model.compile(
@@ -137,6 +135,15 @@ def train_keras_model(name: str, cfg: dict, model, x: dict, y: dict, callbacks: 
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+
+
+def train_keras_model(name: str, cfg: dict, model, x: dict, y: dict, callbacks: list = (), verbose: int = 2):
+    """Compile and fit `model` as the train stage does (`compile_model`, early stopping on
+    validation accuracy restoring the best weights); `callbacks` are added to the stage's own.
+    Returns the Keras History."""
+    import keras
+
+    compile_model(model, cfg)
     stop = keras.callbacks.EarlyStopping(
         monitor="val_accuracy", patience=cfg["patience"], restore_best_weights=True, mode="max"
     )

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -127,14 +129,40 @@ def test_seeds_protocol(tmp_path):
                 "--source", "mlflow", "--out", str(from_mlflow)], tmp_path)
     assert json.loads(from_mlflow.read_text())["models"]["tfidf_logreg"]["stats"] == stats
 
+    # A commit made after queueing does not hide the experiments: --out recorded their baseline commit.
+    baseline = result["protocol"]["baseline_rev"]
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "later"],
+                   cwd=repo, check=True)
+    run_script(["bench/seeds.py", "--project", repo, "--models", "tfidf_logreg", "--seed-list", "7", "--report-only",
+                "--out", str(out)], tmp_path)
+    later = json.loads(out.read_text())
+    assert later["protocol"]["baseline_rev"] == baseline and later["models"]["tfidf_logreg"]["stats"] == stats
+
+
+def load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_merge_keeps_only_the_parts_not_rerun(tmp_path):
+    bench = load_script("run_bench")
+    out = tmp_path / "bench.json"
+    assert bench.earlier_parts(out, ["repro"]) == {}  # nothing to merge yet
+    out.write_text(json.dumps({"meta": {"finished": "then"}, "tfidf": {"ours": 1}, "repro": {"old": 1}, "targets": []}))
+    kept = bench.earlier_parts(out, ["repro"])
+    assert kept == {"tfidf": {"ours": 1, "measured": {"finished": "then", "from": "an earlier run"}}}
+    out.write_text("{not json")
+    with pytest.raises(SystemExit, match=r"bench\.json: not a results JSON"):
+        bench.earlier_parts(out, ["repro"])
+
 
 def test_seed_statistics_and_parsing():
     """mean ± std over seeds and the `dvc exp show --json` (DVC 3) reading, without running DVC."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_seeds", ROOT / "bench" / "seeds.py")
-    seeds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seeds)
+    seeds = load_script("seeds")
 
     def data(seed, acc):
         return {"params": {"params.yaml": {"data": {"train": {"cbow": {"seed": seed}}}}},

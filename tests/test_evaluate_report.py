@@ -92,6 +92,11 @@ def test_markdown_marks_the_champion():
     assert lines[2] == "| a | 0.8000 | 0.9500 | 0.9400 | 10.0 | 3 | C=20.0, ngram_max=2 |"
 
 
+@pytest.mark.parametrize("solver, shown", [("sgd", {"solver": "sgd", "alpha": 1e-5}), ("saga", {"solver": "saga", "C": 30.0})])
+def test_key_params_leave_out_the_other_solvers_params(solver, shown):
+    assert report.key_params({"ngram_max": None, "solver": solver, "C": 30.0, "alpha": 1e-5, "seed": 1}) == shown
+
+
 def test_gather_reads_train_and_eval_metrics(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name, val, test in (("m1", 0.7, 0.6), ("m2", 0.8, 0.5)):

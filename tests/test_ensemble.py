@@ -1,0 +1,114 @@
+"""Unit tests of the ensemble's pooling and weight fitting (pipeline/ensemble.py, classifier.pool)
+on generated member probabilities, and of loading a saved ensemble directory."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.optimize import check_grad
+
+from pipeline.classifier import Classifier, pool, save_sklearn
+from pipeline.common import PipelineError
+from pipeline.ensemble import crossfit_accuracy, fit_weights, log_pool_loss
+
+CLASSES = 5
+
+
+def members(n: int = 400, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Two members: `flat` is always right but barely above uniform (like one-vs-rest SGD);
+    `sure` puts 0.9 on its answer and is right 60 % of the time (like an over-confident network)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, CLASSES, n)
+    flat = np.full((n, CLASSES), 0.9 / (CLASSES - 1))
+    flat[np.arange(n), y] = 0.1 + 0.9 / (CLASSES - 1)
+    flat /= flat.sum(axis=1, keepdims=True)
+    answer = np.where(rng.random(n) < 0.6, y, (y + rng.integers(1, CLASSES, n)) % CLASSES)
+    sure = np.full((n, CLASSES), 0.1 / (CLASSES - 1))
+    sure[np.arange(n), answer] = 0.9
+    return [flat, sure], y
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    return float((probs.argmax(axis=1) == y).mean())
+
+
+def test_log_pool_gives_distributions_even_with_zero_probabilities():
+    probs, _ = members(50)
+    probs[1][:, 0] = 0.0  # a member certain a class is impossible must not veto it into NaN
+    out = pool(probs, np.array([2.0, 0.5]), "log")
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-9)
+
+
+def test_linear_pool_is_the_weighted_mean():
+    probs, _ = members(20)
+    np.testing.assert_allclose(pool(probs, np.array([3.0, 1.0]), "linear"), 0.75 * probs[0] + 0.25 * probs[1])
+
+
+def test_log_pool_loss_gradient_matches_finite_differences():
+    probs, y = members(100)
+    logs = np.stack([np.log(p) for p in probs])
+    for w in ([1.0, 1.0], [5.0, 0.2], [0.0, 3.0]):
+        assert check_grad(lambda v: log_pool_loss(v, logs, y)[0], lambda v: log_pool_loss(v, logs, y)[1], w) < 1e-6
+
+
+def test_log_weights_sharpen_the_flat_member_that_is_right():
+    probs, y = members()
+    weights = fit_weights(probs, y, "log")
+    assert (weights >= 0).all() and weights[0] > 5 * weights[1]
+    assert weights[0] > 1.0  # sharpened: a weight above 1 is an inverse temperature below 1
+    assert accuracy(pool(probs, weights, "log"), y) == 1.0
+
+
+def test_linear_weights_are_a_convex_combination():
+    probs, y = members()
+    weights = fit_weights(probs, y, "linear")
+    assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0)
+
+
+def test_crossfit_accuracy_of_separable_members():
+    probs, y = members(301)
+    assert crossfit_accuracy(probs, y, "log", seed=0) == 1.0
+    # a weighted mean cannot sharpen the flat member: the over-confident one still outvotes it
+    assert crossfit_accuracy(probs, y, "linear", seed=0) < 0.9
+
+
+@pytest.fixture()
+def saved_ensemble(tmp_path):
+    """An ensemble directory of two tiny naive-Bayes members, as the ensemble stage lays it out."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.naive_bayes import MultinomialNB
+    from sklearn.pipeline import make_pipeline
+
+    texts = ["space orbit nasa", "orbit launch moon", "hockey goal team", "team season goal"]
+    labels = [0, 0, 1, 1]
+    for name, alpha in (("a", 1.0), ("b", 0.1)):
+        (tmp_path / name).mkdir()
+        save_sklearn(tmp_path / name, make_pipeline(CountVectorizer(), MultinomialNB(alpha=alpha)).fit(texts, labels), ["sci", "sport"], name)
+
+    def write(**meta):
+        body = {"model": "ensemble", "kind": "ensemble", "classes": ["sci", "sport"], "members": ["a", "b"], "weights": [1.5, 0.5]}
+        (tmp_path / "meta.json").write_text(json.dumps(body | meta))
+        return tmp_path
+
+    return write
+
+
+def test_saved_ensemble_predicts_with_its_pooling(saved_ensemble):
+    directory = saved_ensemble(pooling="log")
+    ensemble = Classifier(directory)
+    texts = ["nasa moon launch", "goal for the team"]
+    expected = pool([Classifier(directory / m).predict_proba(texts).astype(np.float64) for m in "ab"], np.array([1.5, 0.5]), "log")
+    np.testing.assert_allclose(ensemble.predict_proba(texts), expected, rtol=1e-5)
+    assert ensemble.predict_frame(texts)["label"].tolist() == ["sci", "sport"]
+
+
+def test_saved_ensemble_without_pooling_is_linear(saved_ensemble):
+    """Ensembles saved before log pooling existed keep their meaning."""
+    assert Classifier(saved_ensemble()).pooling == "linear"
+
+
+def test_saved_ensemble_with_unknown_pooling_names_the_file(saved_ensemble):
+    with pytest.raises(PipelineError, match=r"meta\.json: unknown pooling 'max'"):
+        Classifier(saved_ensemble(pooling="max"))
