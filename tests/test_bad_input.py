@@ -11,6 +11,7 @@ import io
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tarfile
@@ -51,26 +52,40 @@ def tiny_members(train_per_group: int = 12, test_per_group: int = 6, seed: int =
     return members, counts
 
 
+# Runs argv[2:] and writes its peak RSS (KiB) to argv[1]. The stage must be forked from a small
+# process: Linux counts the RSS of the process that forks (vfork included) into the child's
+# ru_maxrss, and the pytest worker holding TensorFlow is over 1 GB.
+PEAK_RSS_WRAPPER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measured(cmd: list[str], cwd: Path, env: dict, timeout: float) -> tuple[int, str, str, float, int]:
     """Run `cmd`; returns (exit code, stdout, stderr, seconds, peak RSS in MB of that process).
     A run past `timeout` is killed and fails the test: a hang."""
-    out, err = cwd / ".measured.out", cwd / ".measured.err"
+    out, err, rss = cwd / ".measured.out", cwd / ".measured.err", cwd / ".measured.rss"
     start = time.monotonic()
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=o, stderr=e)
-        timer = threading.Timer(timeout, proc.kill)
+        proc = subprocess.Popen([sys.executable, "-c", PEAK_RSS_WRAPPER, str(rss), *cmd], cwd=cwd, env=env,
+                                stdout=o, stderr=e, start_new_session=True)
+        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         finally:
             timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.monotonic() - start
     assert seconds < timeout, f"{' '.join(cmd)}: no result within {timeout} s (killed)"
-    stdout, stderr = out.read_text(), err.read_text()
-    out.unlink()
-    err.unlink()
-    return proc.returncode, stdout, stderr, seconds, usage.ru_maxrss // 1024
+    stdout, stderr, peak_kib = out.read_text(), err.read_text(), int(rss.read_text())
+    for f in (out, err, rss):
+        f.unlink()
+    return proc.returncode, stdout, stderr, seconds, peak_kib // 1024
 
 
 def stage_cmd(stage: str, *args: str) -> list[str]:
