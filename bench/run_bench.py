@@ -40,6 +40,10 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import peak_rss  # noqa: E402
 PARTS = ("tfidf", "fasttext", "epoch", "repro")
 GIB = 1024**3
 
@@ -554,18 +558,8 @@ def project_env(mirror: Path | None, shell: Path, stage_log: Path) -> dict:
 def run_measured(cmd: list[str], cwd: Path, env: dict, log_file: Path) -> dict:
     """Run a command, its output to log_file; wall seconds, exit code and its tree's peak RSS."""
     with open(log_file, "w", encoding="utf-8") as out:
-        start = perf()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        while True:
-            try:
-                _, status, usage = os.wait4(proc.pid, 0)
-                break
-            except InterruptedError:
-                continue
-        seconds = perf() - start
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    output = log_file.read_text(encoding="utf-8", errors="replace")
-    return {"returncode": code, "seconds": seconds, "max_rss_kib": usage.ru_maxrss, "output": output}
+        res = peak_rss.run(cmd, cwd, env, out, subprocess.STDOUT)
+    return {**res, "output": log_file.read_text(encoding="utf-8", errors="replace")}
 
 
 def stages_ran(output: str) -> list[str]:

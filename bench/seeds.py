@@ -360,7 +360,12 @@ def main(argv=None) -> int:
             "targets": "whole pipeline" if args.full else "evaluate@<model>", "project": str(project),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }}
-        rev = args.rev or (None if args.report_only else head_commit(project)) or recorded_rev(out_path) or head_commit(project)
+        if args.rev:
+            rev = args.rev
+        elif args.report_only:  # the commit the experiments were queued on, if an earlier run recorded it
+            rev = recorded_rev(out_path) or head_commit(project)
+        else:
+            rev = head_commit(project)
         result["protocol"]["baseline_rev"] = rev
         if not args.report_only:
             result["queue"] = queue(project, env, models, seeds, args.full, args.force)

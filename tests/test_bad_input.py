@@ -11,12 +11,9 @@ import io
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tarfile
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench import peak_rss
 from faultkit import assert_one_line_error, run_stage, stage_dir, temporaries, tree_digest
 from tiny import GROUPS, ROOT, glove_words, make_glove, make_project, message, run
 
@@ -52,40 +50,17 @@ def tiny_members(train_per_group: int = 12, test_per_group: int = 6, seed: int =
     return members, counts
 
 
-# Runs argv[2:] and writes its peak RSS (KiB) to argv[1]. The stage must be forked from a small
-# process: Linux counts the RSS of the process that forks (vfork included) into the child's
-# ru_maxrss, and the pytest worker holding TensorFlow is over 1 GB.
-PEAK_RSS_WRAPPER = """
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execvp(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-open(sys.argv[1], "w").write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
 def measured(cmd: list[str], cwd: Path, env: dict, timeout: float) -> tuple[int, str, str, float, int]:
     """Run `cmd`; returns (exit code, stdout, stderr, seconds, peak RSS in MB of that process).
     A run past `timeout` is killed and fails the test: a hang."""
-    out, err, rss = cwd / ".measured.out", cwd / ".measured.err", cwd / ".measured.rss"
-    start = time.monotonic()
+    out, err = cwd / ".measured.out", cwd / ".measured.err"
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen([sys.executable, "-c", PEAK_RSS_WRAPPER, str(rss), *cmd], cwd=cwd, env=env,
-                                stdout=o, stderr=e, start_new_session=True)
-        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
-        timer.start()
-        try:
-            proc.wait()
-        finally:
-            timer.cancel()
-    seconds = time.monotonic() - start
-    assert seconds < timeout, f"{' '.join(cmd)}: no result within {timeout} s (killed)"
-    stdout, stderr, peak_kib = out.read_text(), err.read_text(), int(rss.read_text())
-    for f in (out, err, rss):
-        f.unlink()
-    return proc.returncode, stdout, stderr, seconds, peak_kib // 1024
+        res = peak_rss.run(cmd, cwd, env, o, e, timeout)
+    assert res["seconds"] < timeout and res["returncode"] is not None, f"{' '.join(cmd)}: no result within {timeout} s (killed)"
+    stdout, stderr = out.read_text(), err.read_text()
+    out.unlink()
+    err.unlink()
+    return res["returncode"], stdout, stderr, res["seconds"], res["max_rss_kib"] // 1024
 
 
 def stage_cmd(stage: str, *args: str) -> list[str]:
