@@ -15,8 +15,14 @@ import pandas as pd
 from .common import PipelineError, read_json, write_json
 
 META = "meta.json"
+VAL_PROBS = "val_probs.npy"  # the model's validation probabilities, saved by its train stage for the ensemble
 POOLINGS = ("log", "linear")
 EPS = 1e-9  # floor for member probabilities under log pooling (a member sure of another class is not a veto)
+
+
+def log_probs(probs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Log-probabilities for log pooling, floored at EPS."""
+    return [np.log(np.clip(p, EPS, 1.0)) for p in probs]
 
 
 def pool(probs: Sequence[np.ndarray], weights: np.ndarray, pooling: str) -> np.ndarray:
@@ -31,7 +37,7 @@ def pool(probs: Sequence[np.ndarray], weights: np.ndarray, pooling: str) -> np.n
     if pooling == "log":
         from scipy.special import softmax
 
-        return softmax(sum(w * np.log(np.clip(p, EPS, 1.0)) for w, p in zip(weights, probs)), axis=1)
+        return softmax(sum(w * lp for w, lp in zip(weights, log_probs(probs))), axis=1)
     raise PipelineError(f"unknown pooling {pooling!r} (expected one of {', '.join(POOLINGS)})")
 
 
@@ -47,11 +53,24 @@ def save_sklearn(directory: Path, pipeline, classes: list[str], name: str) -> No
     write_json(directory / META, {"model": name, "kind": "sklearn", "classes": classes})
 
 
+def save_val_probs(directory: Path, probs: np.ndarray) -> None:
+    np.save(directory / VAL_PROBS, np.asarray(probs, dtype=np.float32))
+
+
 def save_keras(directory: Path, model, vocab: list[str], text: dict, classes: list[str], name: str) -> None:
     """`text` holds the TextVectorization settings: standardize and max_len."""
     model.save(directory / "model.keras")
     write_json(directory / "vocab.json", vocab)
     write_json(directory / META, {"model": name, "kind": "keras", "classes": classes, "text": text})
+
+
+def read_ensemble(directory: Path) -> tuple[list[str], np.ndarray, str, list[str]]:
+    """An ensemble directory's members, weights, pooling and classes."""
+    meta = read_json(directory / META)
+    pooling = meta.get("pooling", "linear")  # ensembles saved before log pooling existed
+    if pooling not in POOLINGS:
+        raise PipelineError(f"{directory / META}: unknown pooling {pooling!r}")
+    return list(meta["members"]), np.asarray(meta["weights"], dtype=np.float64), pooling, list(meta["classes"])
 
 
 class Classifier:
@@ -73,11 +92,8 @@ class Classifier:
             text = meta["text"]
             self.vectorizer = make_vectorizer(read_json(self.directory / "vocab.json"), text["max_len"], text["standardize"])
         elif self.kind == "ensemble":
-            self.pooling = meta.get("pooling", "linear")  # ensembles saved before log pooling existed
-            if self.pooling not in POOLINGS:
-                raise PipelineError(f"{self.directory / META}: unknown pooling {self.pooling!r}")
-            self.members = [Classifier(self.directory / m) for m in meta["members"]]
-            self.weights = np.asarray(meta["weights"], dtype=np.float64)
+            members, self.weights, self.pooling, _ = read_ensemble(self.directory)
+            self.members = [Classifier(self.directory / m) for m in members]
         else:
             raise PipelineError(f"{self.directory / META}: unknown model kind {self.kind!r}")
 

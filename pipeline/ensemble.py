@@ -1,9 +1,11 @@
 """Stage ensemble: a weighted pool of the class probabilities of chosen trained models.
 
 Pooling is `log` (weighted geometric mean, renormalised) or `linear` (weighted mean); see
-`classifier.pool`. Weights are fitted on the validation split only, by minimum log-loss. Because those weights have seen validation, the reported validation accuracy is a
-2-fold cross-fit estimate (fit on one half, score the other), so the champion choice stays fair.
-The ensemble is saved as a model directory like any other (its members inside) and logged to MLflow.
+`classifier.pool`. Weights are fitted on the validation split only, by minimum log-loss, from
+the validation probabilities each train stage saved with its model. Because those weights have
+seen validation, the reported validation accuracy is a 2-fold cross-fit estimate (fit on one
+half, score the other), so the champion choice stays fair. The ensemble is saved as a model
+directory like any other (its members inside) and logged to MLflow.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from scipy.special import log_softmax, softmax
 from sklearn.model_selection import StratifiedKFold
 
 from . import params as P
-from .classifier import EPS, POOLINGS, Classifier, pool
-from .common import PipelineError, atomic_path, remove_quietly, run_main, write_json, write_text
+from .classifier import META, POOLINGS, VAL_PROBS, log_probs, pool
+from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json, write_text
 
 NAME = "ensemble"
 VAL = Path("data/prepared/val.parquet")
@@ -53,7 +55,7 @@ def log_pool_loss(w: np.ndarray, logs: np.ndarray, y: np.ndarray) -> tuple[float
 
 def fit_log_weights(probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     """Unnormalised weights (they double as inverse temperatures) for the geometric pool."""
-    logs = np.stack([np.log(np.clip(p, EPS, 1.0)) for p in probs]).astype(np.float64)
+    logs = np.stack(log_probs(probs)).astype(np.float64)
     bounds = [(0.0, None)] * len(probs)
     return minimize(log_pool_loss, np.ones(len(probs)), args=(logs, y), jac=True, method="L-BFGS-B", bounds=bounds).x
 
@@ -83,22 +85,36 @@ def crossfit_accuracy(probs: list[np.ndarray], y: np.ndarray, pooling: str, seed
     return correct / len(y)
 
 
+def member_val_probs(members: list[str], n_docs: int) -> tuple[list[np.ndarray], list[str]]:
+    """The members' saved validation probabilities and their (shared) classes."""
+    missing = [m for m in members if not (MODELS / m / META).is_file()]
+    if missing:
+        raise PipelineError(f"params.yaml: ensemble.members: {missing[0]!r} has no trained model in {MODELS}")
+    classes = read_json(MODELS / members[0] / META)["classes"]
+    if any(read_json(MODELS / m / META)["classes"] != classes for m in members):
+        raise PipelineError("params.yaml: ensemble.members: the models were trained on different classes")
+    probs = []
+    for m in members:
+        path = MODELS / m / VAL_PROBS
+        if not path.is_file():
+            raise PipelineError(f"{path}: missing (saved by train@{m} since this version; rerun it: dvc repro -f train@{m})")
+        p = np.load(path).astype(np.float64)
+        if p.shape != (n_docs, len(classes)):
+            expected = (n_docs, len(classes))
+            raise PipelineError(f"{path}: shape {p.shape}, expected {expected} (validation split changed? rerun train@{m})")
+        probs.append(p)
+    return probs, classes
+
+
 def build(members: list[str], pooling: str, seed: int, out: Path) -> dict:
     val = pd.read_parquet(VAL)
     texts, y = val["text"].tolist(), val["label"].to_numpy()
-    missing = [m for m in members if not (MODELS / m / "meta.json").is_file()]
-    if missing:
-        raise PipelineError(f"params.yaml: ensemble.members: {missing[0]!r} has no trained model in {MODELS}")
     start = time.perf_counter()
-    classifiers = [Classifier(MODELS / m) for m in members]
-    classes = classifiers[0].classes
-    if any(c.classes != classes for c in classifiers):
-        raise PipelineError("params.yaml: ensemble.members: the models were trained on different classes")
-    probs = [c.predict_proba(texts).astype(np.float64) for c in classifiers]
+    probs, classes = member_val_probs(members, len(y))
     weights = fit_weights(probs, y, pooling)
     seconds = time.perf_counter() - start
     for m in members:
-        shutil.copytree(MODELS / m, out / m)
+        shutil.copytree(MODELS / m, out / m, ignore=shutil.ignore_patterns(VAL_PROBS))
     write_json(
         out / "meta.json",
         {"model": NAME, "kind": "ensemble", "classes": classes, "members": members, "pooling": pooling,

@@ -1,7 +1,12 @@
 """Stage evaluate@<model>: judge a trained model on the held-out test split.
 
 Writes metrics/eval/<model>.json, the predictions for `dvc plots` (confusion template) and PNGs,
-and adds the test metrics, figures and classification report to the model's own MLflow run.
+data/test_probs/<model>.npz (the test probabilities and the seconds they took), and adds the test
+metrics, figures and classification report to the model's own MLflow run.
+
+The ensemble (evaluate_ensemble) is scored from its members' saved test probabilities, pooled
+with its weights: the same numbers its Classifier computes from raw text (its members are copies
+of the evaluated models; tests check the two agree), without predicting with every member again.
 """
 from __future__ import annotations
 
@@ -13,13 +18,14 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from . import params as P
-from .classifier import Classifier, model_dir
+from .classifier import Classifier, model_dir, pool, read_ensemble
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json
 
 TEST = Path("data/prepared/test.parquet")
 HISTORY = Path("metrics/history")
 METRICS = Path("metrics/eval")
 OUT = Path("data/eval")
+TEST_PROBS = Path("data/test_probs")
 
 SCHEMA = {"batch_size": P.integer(1, 65536)}
 
@@ -83,20 +89,45 @@ def learning_curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate(name: str, batch_size: int) -> dict:
-    test = pd.read_parquet(TEST)
-    classifier = Classifier(model_dir(name))
-    texts = test["text"].tolist()
+def member_test_probs(member: str, n_docs: int, n_classes: int) -> tuple[np.ndarray, float]:
+    path = TEST_PROBS / f"{member}.npz"
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing: run evaluate@{member} first (dvc repro evaluate@{member})")
+    with np.load(path) as saved:
+        probs, seconds = saved["probs"].astype(np.float64), float(saved["inference_seconds"])
+    if probs.shape != (n_docs, n_classes):
+        expected = (n_docs, n_classes)
+        raise PipelineError(f"{path}: shape {probs.shape}, expected {expected} (test split changed? rerun evaluate@{member})")
+    return probs, seconds
+
+
+def ensemble_proba(directory: Path, n_docs: int) -> tuple[np.ndarray, list[str], float]:
+    """The ensemble's test probabilities pooled from its members' saved ones; the seconds are the
+    members' measured inference seconds plus the pooling."""
+    members, weights, pooling, classes = read_ensemble(directory)
+    saved = [member_test_probs(m, n_docs, len(classes)) for m in members]
     start = time.perf_counter()
-    probs = classifier.predict_proba(texts, batch_size=batch_size)
-    seconds = time.perf_counter() - start
+    probs = pool([p for p, _ in saved], weights, pooling).astype(np.float32)
+    return probs, classes, sum(s for _, s in saved) + time.perf_counter() - start
+
+
+def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, np.ndarray]:
+    test = pd.read_parquet(TEST)
+    texts = test["text"].tolist()
+    if name == "ensemble":
+        probs, classes, seconds = ensemble_proba(model_dir(name), len(texts))
+    else:
+        classifier = Classifier(model_dir(name))
+        start = time.perf_counter()
+        probs = classifier.predict_proba(texts, batch_size=batch_size)
+        seconds, classes = time.perf_counter() - start, classifier.classes
     y_pred = probs.argmax(axis=1)
     y_true = test["label"].to_numpy()
-    result = {"model": name, **score(y_true, y_pred, classifier.classes)}
+    result = {"model": name, **score(y_true, y_pred, classes)}
     result["test_docs"] = len(texts)
     result["inference_seconds"] = round(seconds, 2)
     result["docs_per_second"] = round(len(texts) / max(seconds, 1e-9), 1)
-    return result, classifier.classes, y_true, y_pred
+    return result, classes, y_true, probs
 
 
 def main(argv: list[str]) -> None:
@@ -109,8 +140,9 @@ def main(argv: list[str]) -> None:
     name = argv[0]
     cfg = P.stage_params("evaluate", SCHEMA)
     checked_tracking_uri()  # an unreachable server fails now, not after the whole evaluation
-    remove_quietly(METRICS / f"{name}.json", OUT / name)
-    result, classes, y_true, y_pred = evaluate(name, cfg["batch_size"])
+    remove_quietly(METRICS / f"{name}.json", OUT / name, TEST_PROBS / f"{name}.npz")
+    result, classes, y_true, probs = evaluate(name, cfg["batch_size"])
+    y_pred = probs.argmax(axis=1)
     run_id = read_json(model_dir(name) / "run.json")["run_id"]
     with atomic_path(OUT / name, directory=True) as tmp:
         pd.DataFrame({"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]}).to_csv(
@@ -131,6 +163,10 @@ def main(argv: list[str]) -> None:
             )
             for file in ("confusion_matrix.png", "learning_curve.png", "classification_report.txt"):
                 mlflow.log_artifact(str(tmp / file), artifact_path="evaluation")
+    if name != "ensemble":  # for evaluate_ensemble
+        with atomic_path(TEST_PROBS / f"{name}.npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, probs=probs, inference_seconds=result["inference_seconds"])
     write_json(METRICS / f"{name}.json", {**result, "mlflow_run_id": run_id})
     print(f"evaluate@{name}: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, {result['docs_per_second']} docs/s")
 

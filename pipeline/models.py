@@ -23,17 +23,24 @@ class ModelSpec:
     schema: dict
     glove: bool = False  # reads the GloVe embedding matrix
     min_len: Callable[[dict], int] | None = None  # shortest input the architecture accepts
+    unused: Callable[[dict], set] | None = None  # params a config leaves unread (another option's)
 
 
 REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, kind: str, schema: dict, glove: bool = False, min_len=None):
+def register(name: str, kind: str, schema: dict, glove: bool = False, min_len=None, unused=None):
     def wrap(build):
-        REGISTRY[name] = ModelSpec(kind, build, schema, glove, min_len)
+        REGISTRY[name] = ModelSpec(kind, build, schema, glove, min_len, unused)
         return build
 
     return wrap
+
+
+def unused_params(name: str, cfg: dict) -> set:
+    """The params in model `name`'s section that `cfg` does not read, e.g. saga's C under sgd."""
+    spec = REGISTRY.get(name)
+    return spec.unused(cfg) if spec and spec.unused else set()
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -77,6 +84,7 @@ def _tfidf(cfg):
         "max_iter": P.integer(1),
         "seed": P.integer(0),
     },
+    unused=lambda cfg: {"C"} if cfg.get("solver") == "sgd" else {"alpha"},
 )
 def tfidf_logreg(cfg):
     from sklearn.linear_model import LogisticRegression, SGDClassifier
@@ -175,13 +183,12 @@ def _embedding(vocab_size, glove, dim, trainable, mask_zero):
 
     if glove is None:
         return keras.layers.Embedding(vocab_size, dim, mask_zero=mask_zero, name="embedding")
+    # `weights`, not a Constant initializer: an initializer is saved in the model's JSON config,
+    # a whole copy of the matrix as text that made saving and loading seconds slower. The zeros
+    # initializer draws no random numbers, so the other layers start as they did with Constant.
     return keras.layers.Embedding(
-        glove.shape[0],
-        glove.shape[1],
-        embeddings_initializer=keras.initializers.Constant(glove),
-        trainable=trainable,
-        mask_zero=mask_zero,
-        name="embedding",
+        glove.shape[0], glove.shape[1], embeddings_initializer="zeros", weights=glove,
+        trainable=trainable, mask_zero=mask_zero, name="embedding",
     )
 
 
@@ -281,6 +288,7 @@ def cnn(cfg, vocab_size, n_classes, glove=None):
         "dropout": P.number(0, 0.9),
     },
     glove=True,
+    unused=lambda cfg: {"trainable"} if cfg.get("embedding") == "learned" else {"embedding_dim"},
 )
 def lstm(cfg, vocab_size, n_classes, glove):
     import keras

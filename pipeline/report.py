@@ -6,6 +6,7 @@ from pathlib import Path
 
 from . import params as P
 from .common import PipelineError, read_json, run_main, write_json, write_text
+from .models import unused_params
 
 TRAIN = Path("metrics/train")
 EVAL = Path("metrics/eval")
@@ -19,17 +20,12 @@ KEY_PARAMS = (
     "members", "pooling", "ngram_max", "solver", "C", "alpha", "variant", "embedding", "embedding_dim",
     "trainable", "max_len", "units", "filters", "batch_size", "learning_rate", "dropout",
 )
-# Params read only under one solver (tfidf_logreg): listing the other one's would mislead.
-SOLVER_PARAMS = {"C": "saga", "alpha": "sgd"}
 
 
-def key_params(cfg: dict) -> dict:
-    solver = cfg.get("solver")
-    return {
-        k: cfg[k]
-        for k in KEY_PARAMS
-        if cfg.get(k) is not None and (solver is None or SOLVER_PARAMS.get(k, solver) == solver)
-    }
+def key_params(name: str, cfg: dict) -> dict:
+    """The key params model `name` actually reads (the registry says which are another option's)."""
+    unused = unused_params(name, cfg)
+    return {k: cfg[k] for k in KEY_PARAMS if cfg.get(k) is not None and k not in unused}
 
 
 def gather(models: list[str], all_params: dict) -> list[dict]:
@@ -46,7 +42,7 @@ def gather(models: list[str], all_params: dict) -> list[dict]:
                 "train_seconds": train["train_seconds"],
                 "epochs_run": train["epochs_run"],
                 "docs_per_second": test["docs_per_second"],
-                "params": key_params(cfg),
+                "params": key_params(name, cfg),
                 "mlflow_run_id": train["mlflow_run_id"],
             }
         )

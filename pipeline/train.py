@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import params as P
-from .classifier import save_keras, save_sklearn
+from .classifier import save_keras, save_sklearn, save_val_probs
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json, write_text
 from .models import get_spec
 
@@ -49,15 +49,20 @@ def fit_sklearn(name: str, cfg: dict, out: Path) -> dict:
     val = pd.read_parquet(PREPARED / "val.parquet")
     classes = sorted(train["group"].unique())
     pipeline = get_spec(name).build(cfg)
+    features, classifier = pipeline[:-1], pipeline[-1]
     start = time.perf_counter()
-    pipeline.fit(train["text"].tolist(), train["label"].to_numpy())
+    # The pipeline fitted step by step: the training features, computed once, also give the
+    # training metrics (analysing the texts again took as long as the fit).
+    x_train = features.fit_transform(train["text"].tolist())
+    classifier.fit(x_train, train["label"].to_numpy())
     seconds = time.perf_counter() - start
+    probs = {"": classifier.predict_proba(x_train), "val_": pipeline.predict_proba(val["text"].tolist())}
     row = {"epoch": 1}
     for split, frame in (("", train), ("val_", val)):
-        probs = pipeline.predict_proba(frame["text"].tolist())
-        row[f"{split}loss"] = float(log_loss(frame["label"], probs, labels=range(len(classes))))
-        row[f"{split}accuracy"] = float(accuracy_score(frame["label"], probs.argmax(axis=1)))
+        row[f"{split}loss"] = float(log_loss(frame["label"], probs[split], labels=range(len(classes))))
+        row[f"{split}accuracy"] = float(accuracy_score(frame["label"], probs[split].argmax(axis=1)))
     save_sklearn(out, pipeline, classes, name)
+    save_val_probs(out, probs["val_"])
     return {"history": [row], "seconds": seconds, "best_epoch": 1, "classes": classes}
 
 
@@ -78,11 +83,11 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: in
 
     CBOW and the LSTM mask padding, so the cut only saves work; the CNNs see what padding is
     left (the cut keeps at least `min_len` steps for their windows), which measured no worse on
-    fully padded validation data than training on fully padded batches. For training (`shuffle_seed` given), documents are
-    reshuffled every epoch, then sorted by length within windows of `window` batches, and the
-    batches reshuffled: batches of similar lengths waste little on padding, as bucketing does,
-    while every batch still mixes groups (SGD on class-sorted data fails). Without a seed, the
-    order is kept, as predictions need."""
+    fully padded validation data than training on fully padded batches. For training
+    (`shuffle_seed` given), documents are reshuffled every epoch, then sorted by length within
+    windows of `window` batches, and the batches reshuffled: batches of similar lengths waste
+    little on padding, as bucketing does, while every batch still mixes groups (SGD on
+    class-sorted data fails). Without a seed, the order is kept, as predictions need."""
     import tensorflow as tf
 
     lengths = (x > 0).sum(axis=1).astype(np.int32)  # TextVectorization pads at the end
@@ -178,6 +183,8 @@ def fit_keras(name: str, cfg: dict, out: Path) -> dict:
     history = [{"epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}} for i in range(epochs)]
     best = int(np.argmax(fit.history["val_accuracy"])) + 1
     save_keras(out, model, vocab, {"max_len": max_len, "standardize": tok["standardize"]}, classes, name)
+    # Full-length inputs, as the saved classifier sees them (the CNNs' batches were cut to length).
+    save_val_probs(out, model.predict(x["val"], batch_size=512, verbose=0))
     return {"history": history, "seconds": seconds, "best_epoch": best, "classes": classes}
 
 

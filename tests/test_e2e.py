@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -39,6 +40,34 @@ def test_repro_builds_every_output(project):
         assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["test_docs"] == 18
         assert (repo / f"data/eval/{name}/confusion_matrix.png").stat().st_size > 1000
     assert "| model |" in (repo / "metrics/summary.md").read_text()
+
+
+def test_saved_probabilities_are_what_the_saved_classifiers_compute(project, monkeypatch):
+    """The ensemble stage fits on the validation probabilities the train stages saved, and
+    evaluate_ensemble pools the test probabilities the evaluate stages saved: both must be what
+    the saved models compute from raw text (the CNN was trained on length-cut batches)."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.classifier import Classifier, read_ensemble
+
+    repo = project["repo"]
+    monkeypatch.chdir(repo)
+    val, test = (pd.read_parquet(f"data/prepared/{s}.parquet") for s in ("val", "test"))
+    for name in MODELS:
+        classifier = Classifier(f"data/models/{name}")
+        saved = np.load(f"data/models/{name}/val_probs.npy")
+        np.testing.assert_allclose(saved, classifier.predict_proba(val["text"].tolist()), atol=1e-5, err_msg=name)
+        with np.load(f"data/test_probs/{name}.npz") as evaluated:
+            np.testing.assert_allclose(evaluated["probs"], classifier.predict_proba(test["text"].tolist()), atol=1e-5)
+            assert float(evaluated["inference_seconds"]) > 0
+    members, _, pooling, classes = read_ensemble(repo / "data/ensemble")
+    assert members == MODELS and pooling == "log" and not (repo / "data/ensemble/cbow/val_probs.npy").exists()
+    ensemble = Classifier("data/ensemble").predict_proba(test["text"].tolist())
+    evaluation = json.loads(Path("metrics/eval/ensemble.json").read_text())
+    assert evaluation["accuracy"] == round(float((ensemble.argmax(axis=1) == test["label"].to_numpy()).mean()), 4)
+    predicted = pd.read_csv("data/eval/ensemble/predictions.csv")["predicted"]
+    assert predicted.tolist() == [classes[i] for i in ensemble.argmax(axis=1)]
 
 
 def test_mlflow_has_every_run_and_the_champion(project):

@@ -3,12 +3,13 @@ on generated member probabilities, and of loading a saved ensemble directory."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.optimize import check_grad
 
-from pipeline.classifier import Classifier, pool, save_sklearn
+from pipeline.classifier import VAL_PROBS, Classifier, pool, save_sklearn
 from pipeline.common import PipelineError
 from pipeline.ensemble import crossfit_accuracy, fit_weights, log_pool_loss
 
@@ -112,3 +113,47 @@ def test_saved_ensemble_without_pooling_is_linear(saved_ensemble):
 def test_saved_ensemble_with_unknown_pooling_names_the_file(saved_ensemble):
     with pytest.raises(PipelineError, match=r"meta\.json: unknown pooling 'max'"):
         Classifier(saved_ensemble(pooling="max"))
+
+
+def test_evaluate_ensemble_pools_the_members_saved_test_probabilities(saved_ensemble, tmp_path, monkeypatch):
+    """evaluate_ensemble's figures come from the members' saved test probabilities: they must be
+    what the saved ensemble computes from raw text."""
+    from pipeline import evaluate
+
+    directory = saved_ensemble(pooling="log")
+    monkeypatch.chdir(tmp_path)
+    texts = ["nasa moon launch", "goal for the team", "orbit team"]
+    Path("data/test_probs").mkdir(parents=True)
+    for m, seconds in (("a", 0.25), ("b", 0.5)):
+        np.savez(f"data/test_probs/{m}.npz", probs=Classifier(directory / m).predict_proba(texts), inference_seconds=seconds)
+    probs, classes, seconds = evaluate.ensemble_proba(directory, len(texts))
+    np.testing.assert_allclose(probs, Classifier(directory).predict_proba(texts), rtol=1e-5)
+    assert classes == ["sci", "sport"] and 0.75 <= seconds < 1.0
+    with pytest.raises(PipelineError, match=r"^data/test_probs/a\.npz: shape \(3, 2\), expected \(4, 2\)"):
+        evaluate.ensemble_proba(directory, 4)
+    Path("data/test_probs/b.npz").unlink()
+    with pytest.raises(PipelineError, match=r"^data/test_probs/b\.npz: missing: run evaluate@b first"):
+        evaluate.ensemble_proba(directory, len(texts))
+
+
+def test_ensemble_stage_needs_the_members_validation_probabilities(saved_ensemble, tmp_path, monkeypatch):
+    from pipeline import ensemble
+
+    directory = saved_ensemble()
+    monkeypatch.chdir(tmp_path)
+    Path("data").mkdir()
+    models = Path("data/models")
+    models.mkdir()
+    for m in "ab":
+        (directory / m).rename(models / m)
+    np.save(models / "a" / VAL_PROBS, np.full((3, 2), 0.5, dtype=np.float32))
+    with pytest.raises(PipelineError, match=r"^data/models/b/val_probs\.npy: missing"):
+        ensemble.member_val_probs(["a", "b"], 3)
+    np.save(models / "b" / VAL_PROBS, np.full((2, 2), 0.5, dtype=np.float32))
+    with pytest.raises(PipelineError, match=r"^data/models/b/val_probs\.npy: shape \(2, 2\), expected \(3, 2\)"):
+        ensemble.member_val_probs(["a", "b"], 3)
+    np.save(models / "b" / VAL_PROBS, np.eye(2, dtype=np.float32)[[0, 1, 1]])
+    probs, classes = ensemble.member_val_probs(["a", "b"], 3)
+    assert classes == ["sci", "sport"] and probs[1].tolist() == [[1, 0], [0, 1], [0, 1]]
+    with pytest.raises(PipelineError, match=r"ensemble\.members: 'c' has no trained model in data/models"):
+        ensemble.member_val_probs(["a", "c"], 3)

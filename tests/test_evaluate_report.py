@@ -92,9 +92,18 @@ def test_markdown_marks_the_champion():
     assert lines[2] == "| a | 0.8000 | 0.9500 | 0.9400 | 10.0 | 3 | C=20.0, ngram_max=2 |"
 
 
-@pytest.mark.parametrize("solver, shown", [("sgd", {"solver": "sgd", "alpha": 1e-5}), ("saga", {"solver": "saga", "C": 30.0})])
-def test_key_params_leave_out_the_other_solvers_params(solver, shown):
-    assert report.key_params({"ngram_max": None, "solver": solver, "C": 30.0, "alpha": 1e-5, "seed": 1}) == shown
+@pytest.mark.parametrize(
+    "name, cfg, shown",
+    [
+        ("tfidf_logreg", {"ngram_max": None, "solver": "sgd", "C": 30.0, "alpha": 1e-5, "seed": 1}, {"solver": "sgd", "alpha": 1e-5}),
+        ("tfidf_logreg", {"ngram_max": None, "solver": "saga", "C": 30.0, "alpha": 1e-5, "seed": 1}, {"solver": "saga", "C": 30.0}),
+        ("lstm", {"embedding": "glove", "embedding_dim": 100, "trainable": True}, {"embedding": "glove", "trainable": True}),
+        ("lstm", {"embedding": "learned", "embedding_dim": 100, "trainable": True}, {"embedding": "learned", "embedding_dim": 100}),
+        ("not_registered", {"C": 1.0, "alpha": 0.1}, {"C": 1.0, "alpha": 0.1}),
+    ],
+)
+def test_key_params_leave_out_what_the_config_does_not_read(name, cfg, shown):
+    assert report.key_params(name, cfg) == shown
 
 
 def test_gather_reads_train_and_eval_metrics(tmp_path, monkeypatch):
@@ -236,6 +245,9 @@ def test_evaluate_stage_on_a_small_model(tmp_path, monkeypatch, sklearn_model, m
     assert {k: result[k] for k in expected} == expected
     assert result["model"] == name and result["test_docs"] == len(test) and result["mlflow_run_id"] == run_id
     assert result["accuracy"] == round((y_pred == test["label"].to_numpy()).mean(), 4) < 1.0
+    with np.load(f"data/test_probs/{name}.npz") as saved:  # for evaluate_ensemble
+        np.testing.assert_allclose(saved["probs"], Classifier(tmp_path / "data/models" / name).predict_proba(test["text"].tolist()))
+        assert float(saved["inference_seconds"]) == result["inference_seconds"]
     predictions = pd.read_csv(f"data/eval/{name}/predictions.csv")
     assert predictions["actual"].tolist() == test["group"].tolist()
     assert predictions["predicted"].tolist() == [GROUPS[i] for i in y_pred]

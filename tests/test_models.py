@@ -87,6 +87,8 @@ def test_glove_models_start_from_the_matrix(configs, glove, name):
         assert isinstance(layer, keras.layers.Embedding)
         np.testing.assert_array_equal(np.asarray(layer.embeddings), glove)
         assert layer.trainable is trainable
+        # The matrix is a weight, not a Constant initializer copied as text into the saved config.
+        assert layer.get_config()["embeddings_initializer"]["class_name"] == "Zeros"
 
 
 def test_learned_embeddings_have_their_own_size(configs, glove):
