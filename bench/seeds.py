@@ -16,6 +16,7 @@ queued ones are kept (--force reruns them), failed ones are queued again.
 
     python bench/seeds.py --models cbow,cnn_glove --seeds 10 --jobs 1
     python bench/seeds.py --models cbow --seeds 10 --report-only
+    python bench/seeds.py --models cnn --seeds 10 --merge    # the other models' results stay
     python bench/seeds.py --tiny --out /tmp/seeds.json        # seconds-scale check, generated data
 """
 from __future__ import annotations
@@ -243,6 +244,29 @@ def collect_mlflow(project: Path, models: list[str], seeds: list[int]) -> tuple[
         os.chdir(cwd)
 
 
+def parent_commit(project: Path, rev: str) -> str | None:
+    proc = subprocess.run(["git", "rev-parse", f"{rev}^"], cwd=project, capture_output=True, text=True)
+    return proc.stdout.strip() or None
+
+
+def earlier_models(path: Path, rev_of=None) -> dict:
+    """The per-model results already in `path` (for --merge), each with the baseline commit its
+    experiments were queued on: recorded, or else the parent commit of its first experiment."""
+    if not path.exists():
+        return {}
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        models = dict(earlier["models"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"error: {path}: not a seeds results JSON ({type(exc).__name__}); move it away or drop --merge") from None
+    fallback = (earlier.get("protocol") or {}).get("baseline_rev")
+    for entry in models.values():
+        if not entry.get("baseline_rev"):
+            first = next((r["rev"] for r in entry.get("runs", []) if r.get("rev")), None)
+            entry["baseline_rev"] = fallback or (rev_of(first) if rev_of and first else None)
+    return models
+
+
 def markdown(models: dict, skipped: list[str]) -> str:
     lines = ["| model | runs | test accuracy (mean ± std) | min | max | baseline |",
              "|---|---|---|---|---|---|"]
@@ -254,6 +278,12 @@ def markdown(models: dict, skipped: list[str]) -> str:
         runs = f"{s['n']}/{len(m['runs'])}"
         lines.append(f"| {model} | {runs} | {acc} | {s['min'] if s['n'] else '-'} | {s['max'] if s['n'] else '-'} | {base_text} |")
     text = "\n".join(lines)
+    revs = {}
+    for model, m in models.items():
+        if m.get("baseline_rev"):
+            revs.setdefault(m["baseline_rev"][:7], []).append(model)
+    if len(revs) > 1:  # merged from runs at different commits: say which
+        text += "\n\nExperiments branched from commit " + "; ".join(f"{rev} ({', '.join(ms)})" for rev, ms in revs.items()) + "."
     if skipped:
         text += f"\n\nNot seeded (no `seed` param, deterministic): {', '.join(skipped)}"
     return text
@@ -321,6 +351,7 @@ def parse_args(argv):
     p.add_argument("--project", type=Path, default=ROOT, help="the project (a git + DVC repo; default this one)")
     p.add_argument("--out", type=Path, help="results JSON (default <project>/metrics/seeds.json; with --tiny, $TMPDIR/seeds.tiny.json)")
     p.add_argument("--md", type=Path, help="also write the Markdown table to this file")
+    p.add_argument("--merge", action="store_true", help="keep the results of the models not given here from the results JSON")
     p.add_argument("--quiet", action="store_true", help="do not stream the experiments' output")
     p.add_argument("--tiny", action="store_true", help="a generated tiny project (tfidf_logreg, 2 seeds unless given)")
     p.add_argument("--workdir", type=Path, help="with --tiny: where the tiny project goes (kept); default a temp dir, removed")
@@ -373,9 +404,12 @@ def main(argv=None) -> int:
                 result["run_seconds"] = round(run_queue(project, env, args.jobs, args.quiet or args.tiny), 1)
         runs, baseline = collect_dvc(project, env, models, seeds, rev) if args.source == "dvc" else collect_mlflow(project, models, seeds)
         result["models"] = {}
+        if args.merge:  # the other models' results stay, with the commit they were measured at
+            earlier = earlier_models(out_path, lambda r: parent_commit(project, r))
+            result["models"] = {m: e for m, e in earlier.items() if m not in models}
         for model in models:
             accs = [r["accuracy"] for r in runs[model] if r["accuracy"] is not None]
-            result["models"][model] = {"stats": stats(accs), "baseline": baseline.get(model), "runs": runs[model]}
+            result["models"][model] = {"stats": stats(accs), "baseline": baseline.get(model), "runs": runs[model], "baseline_rev": rev}
         result["not_seeded"] = skipped
         result["markdown"] = markdown(result["models"], skipped)
         result["protocol"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -184,3 +184,21 @@ def test_seed_statistics_and_parsing():
     assert stats == {"n": 2, "mean": 0.87, "std": 0.0141, "min": 0.86, "max": 0.88}
     table = seeds.markdown({"cbow": {"stats": stats, "baseline": {"accuracy": 0.87, "seed": 42}, "runs": [{}, {}, {}]}}, ["naive_bayes"])
     assert "| cbow | 2/3 | 0.8700 ± 0.0141 | 0.86 | 0.88 | 0.8700 (seed 42) |" in table and "naive_bayes" in table
+
+
+def test_seeds_merge_keeps_the_other_models_with_their_commit(tmp_path):
+    seeds = load_script("seeds")
+    out = tmp_path / "seeds.json"
+    assert seeds.earlier_models(out) == {}
+    entry = {"stats": seeds.stats([0.85]), "baseline": None, "runs": [{"seed": 1, "rev": "e1" * 20, "accuracy": 0.85}]}
+    out.write_text(json.dumps({"protocol": {}, "models": {"cbow": entry}}))
+    kept = seeds.earlier_models(out, rev_of=lambda rev: "b" * 40 if rev == "e1" * 20 else None)
+    assert kept == {"cbow": {**entry, "baseline_rev": "b" * 40}}  # the parent of its first experiment
+    out.write_text(json.dumps({"protocol": {"baseline_rev": "c" * 40}, "models": {"cbow": entry}}))
+    assert seeds.earlier_models(out)["cbow"]["baseline_rev"] == "c" * 40
+    table = seeds.markdown({**kept, "cnn": {**entry, "baseline_rev": "d" * 40}}, [])
+    assert table.endswith("Experiments branched from commit bbbbbbb (cbow); ddddddd (cnn).")
+    assert "branched" not in seeds.markdown({"cnn": {**entry, "baseline_rev": "d" * 40}}, [])
+    out.write_text("{not json")
+    with pytest.raises(SystemExit, match=r"seeds\.json: not a seeds results JSON"):
+        seeds.earlier_models(out)

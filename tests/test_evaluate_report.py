@@ -75,6 +75,19 @@ def test_champion_tie_goes_to_the_faster_model():
     assert report.champion(rows)["model"] == "fast"
 
 
+def test_champion_tie_between_a_model_and_an_ensemble_goes_to_the_model(tmp_path, monkeypatch):
+    """The ensemble's own fit is quicker than any member's, but it needs its members trained."""
+    monkeypatch.chdir(tmp_path)
+    for name, seconds in (("tfidf_logreg", 0.5), ("cbow", 3.0), ("ensemble", 0.1)):
+        for folder, body in (("train", {"val_accuracy": 1.0, "train_seconds": seconds, "epochs_run": 1, "mlflow_run_id": name}),
+                             ("eval", {"accuracy": 1.0, "macro_f1": 1.0, "docs_per_second": 100.0})):
+            Path(f"metrics/{folder}").mkdir(parents=True, exist_ok=True)
+            Path(f"metrics/{folder}/{name}.json").write_text(json.dumps(body))
+    rows = report.gather(["tfidf_logreg", "cbow", "ensemble"], {"ensemble": {"members": ["tfidf_logreg", "cbow"]}})
+    assert [r["build_seconds"] for r in rows] == [0.5, 3.0, 3.6]
+    assert report.champion(rows)["model"] == "tfidf_logreg"
+
+
 def test_champion_of_nothing_is_an_error():
     with pytest.raises(PipelineError, match="no models"):
         report.champion([])
