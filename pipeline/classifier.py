@@ -57,6 +57,23 @@ def save_val_probs(directory: Path, probs: np.ndarray) -> None:
     np.save(directory / VAL_PROBS, np.asarray(probs, dtype=np.float32))
 
 
+def load_probs(path: Path, shape: tuple[int, int], stage: str) -> tuple[np.ndarray, dict]:
+    """Probabilities [docs, classes] that `stage` saved (.npy, or .npz with `probs` beside
+    scalars), as float64 with the .npz's scalars. Missing or mis-shaped (the split changed since):
+    a one-line error naming the file and the stage to rerun."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing: run {stage} first (dvc repro {stage})")
+    with open(path, "rb") as handle:
+        saved = np.load(handle)
+        if isinstance(saved, np.ndarray):
+            probs, scalars = saved, {}
+        else:
+            probs, scalars = saved["probs"], {k: saved[k].item() for k in saved.files if k != "probs"}
+    if probs.shape != tuple(shape):
+        raise PipelineError(f"{path}: shape {probs.shape}, expected {tuple(shape)} (the split changed? rerun {stage})")
+    return probs.astype(np.float64), scalars
+
+
 def save_keras(directory: Path, model, vocab: list[str], text: dict, classes: list[str], name: str) -> None:
     """`text` holds the TextVectorization settings: standardize and max_len."""
     model.save(directory / "model.keras")

@@ -20,7 +20,7 @@ from scipy.special import log_softmax, softmax
 from sklearn.model_selection import StratifiedKFold
 
 from . import params as P
-from .classifier import META, POOLINGS, VAL_PROBS, log_probs, pool
+from .classifier import META, POOLINGS, VAL_PROBS, load_probs, log_probs, pool
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json, write_text
 
 NAME = "ensemble"
@@ -90,19 +90,11 @@ def member_val_probs(members: list[str], n_docs: int) -> tuple[list[np.ndarray],
     missing = [m for m in members if not (MODELS / m / META).is_file()]
     if missing:
         raise PipelineError(f"params.yaml: ensemble.members: {missing[0]!r} has no trained model in {MODELS}")
-    classes = read_json(MODELS / members[0] / META)["classes"]
-    if any(read_json(MODELS / m / META)["classes"] != classes for m in members):
+    member_classes = [read_json(MODELS / m / META)["classes"] for m in members]
+    classes = member_classes[0]
+    if any(c != classes for c in member_classes):
         raise PipelineError("params.yaml: ensemble.members: the models were trained on different classes")
-    probs = []
-    for m in members:
-        path = MODELS / m / VAL_PROBS
-        if not path.is_file():
-            raise PipelineError(f"{path}: missing (saved by train@{m} since this version; rerun it: dvc repro -f train@{m})")
-        p = np.load(path).astype(np.float64)
-        if p.shape != (n_docs, len(classes)):
-            expected = (n_docs, len(classes))
-            raise PipelineError(f"{path}: shape {p.shape}, expected {expected} (validation split changed? rerun train@{m})")
-        probs.append(p)
+    probs = [load_probs(MODELS / m / VAL_PROBS, (n_docs, len(classes)), f"train@{m}")[0] for m in members]
     return probs, classes
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from . import params as P
-from .classifier import Classifier, model_dir, pool, read_ensemble
+from .classifier import Classifier, load_probs, model_dir, pool, read_ensemble
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json
 
 TEST = Path("data/prepared/test.parquet")
@@ -90,15 +90,8 @@ def learning_curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
 
 
 def member_test_probs(member: str, n_docs: int, n_classes: int) -> tuple[np.ndarray, float]:
-    path = TEST_PROBS / f"{member}.npz"
-    if not path.is_file():
-        raise PipelineError(f"{path}: missing: run evaluate@{member} first (dvc repro evaluate@{member})")
-    with np.load(path) as saved:
-        probs, seconds = saved["probs"].astype(np.float64), float(saved["inference_seconds"])
-    if probs.shape != (n_docs, n_classes):
-        expected = (n_docs, n_classes)
-        raise PipelineError(f"{path}: shape {probs.shape}, expected {expected} (test split changed? rerun evaluate@{member})")
-    return probs, seconds
+    probs, scalars = load_probs(TEST_PROBS / f"{member}.npz", (n_docs, n_classes), f"evaluate@{member}")
+    return probs, float(scalars["inference_seconds"])
 
 
 def ensemble_proba(directory: Path, n_docs: int) -> tuple[np.ndarray, list[str], float]:
@@ -111,7 +104,8 @@ def ensemble_proba(directory: Path, n_docs: int) -> tuple[np.ndarray, list[str],
     return probs, classes, sum(s for _, s in saved) + time.perf_counter() - start
 
 
-def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, np.ndarray]:
+def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Metrics, classes, true and predicted labels, and probabilities on the test split."""
     test = pd.read_parquet(TEST)
     texts = test["text"].tolist()
     if name == "ensemble":
@@ -127,7 +121,7 @@ def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, n
     result["test_docs"] = len(texts)
     result["inference_seconds"] = round(seconds, 2)
     result["docs_per_second"] = round(len(texts) / max(seconds, 1e-9), 1)
-    return result, classes, y_true, probs
+    return result, classes, y_true, y_pred, probs
 
 
 def main(argv: list[str]) -> None:
@@ -141,8 +135,7 @@ def main(argv: list[str]) -> None:
     cfg = P.stage_params("evaluate", SCHEMA)
     checked_tracking_uri()  # an unreachable server fails now, not after the whole evaluation
     remove_quietly(METRICS / f"{name}.json", OUT / name, TEST_PROBS / f"{name}.npz")
-    result, classes, y_true, probs = evaluate(name, cfg["batch_size"])
-    y_pred = probs.argmax(axis=1)
+    result, classes, y_true, y_pred, probs = evaluate(name, cfg["batch_size"])
     run_id = read_json(model_dir(name) / "run.json")["run_id"]
     with atomic_path(OUT / name, directory=True) as tmp:
         pd.DataFrame({"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]}).to_csv(

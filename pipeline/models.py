@@ -7,6 +7,7 @@ is validated against its schema before anything is built.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -52,6 +53,7 @@ def get_spec(name: str) -> ModelSpec:
 # ---------------------------------------------------------------- scikit-learn
 
 TFIDF = {
+    "subject_weight": P.integer(1, 20),  # times the Subject line counts (1: once, as written)
     "ngram_max": P.integer(1, 3),
     "min_df": P.integer(1),
     "max_df": P.number(0, 1, lo_open=True),
@@ -60,10 +62,26 @@ TFIDF = {
 }
 
 
+_SUBJECT = re.compile(r"^Subject:(.*)$", re.MULTILINE)
+
+
+def weight_subject(text: str, weight: int) -> str:
+    """The lowercased text with its Subject line's words added `weight - 1` more times: the
+    subject is the densest summary of a message (tfidf_logreg val 0.9470 -> 0.9549 at 3). Only
+    the header block (up to the first blank line) is searched, not quoted or forwarded text."""
+    if weight > 1:
+        end = text.find("\n\n")
+        match = _SUBJECT.search(text, 0, end if end >= 0 else len(text))
+        if match:
+            text += ("\n" + match.group(1)) * (weight - 1)
+    return text.lower()
+
+
 def _tfidf(cfg):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     return TfidfVectorizer(
+        preprocessor=functools.partial(weight_subject, weight=cfg["subject_weight"]),  # picklable, for serving
         sublinear_tf=cfg["sublinear_tf"],
         ngram_range=(1, cfg["ngram_max"]),
         min_df=cfg["min_df"],
@@ -93,7 +111,11 @@ def tfidf_logreg(cfg):
     if cfg["solver"] == "sgd":
         # L2 logistic regression (one-vs-rest) by SGD: a few passes over the sparse rows, about
         # 2 s on the bigram features where the multinomial saga fit takes 9 s.
-        clf = SGDClassifier(loss="log_loss", alpha=cfg["alpha"], max_iter=cfg["max_iter"], tol=1e-4, random_state=cfg["seed"])
+        # n_jobs: the 20 one-vs-rest fits in threads; each class's seed is drawn up front, so the
+        # result does not depend on the core count.
+        clf = SGDClassifier(
+            loss="log_loss", alpha=cfg["alpha"], max_iter=cfg["max_iter"], tol=1e-4, random_state=cfg["seed"], n_jobs=-1
+        )
     else:
         clf = LogisticRegression(C=cfg["C"], solver="saga", max_iter=cfg["max_iter"], tol=1e-3, random_state=cfg["seed"])
     return make_pipeline(_tfidf(cfg), clf)

@@ -169,6 +169,34 @@ def test_sklearn_model_gives_probabilities(configs, name):
     assert (model.predict(texts) == labels).mean() == 1.0
 
 
+def test_weight_subject_repeats_only_the_header_subject():
+    from pipeline.models import weight_subject
+
+    message = "From: a@b.org\nSubject: Shuttle LAUNCH\nLines: 3\n\nBody text.\nSubject: quoted"
+    assert weight_subject(message, 1) == message.lower()
+    assert weight_subject(message, 3) == message.lower() + "\n shuttle launch" * 2
+    no_header = "Body only.\n\nSubject: in a forwarded message"
+    assert weight_subject(no_header, 3) == no_header.lower()
+    assert weight_subject("Subject: only a header", 2) == "subject: only a header\n only a header"
+    assert weight_subject("", 3) == ""
+
+
+@pytest.mark.parametrize("name", SKLEARN)
+def test_subject_weight_reaches_the_features_and_survives_pickling(configs, name):
+    import pickle
+
+    texts = ["Subject: orbit\n\nlaunch pad", "Subject: brake\n\nengine oil"]
+    counts = {}
+    for weight in (1, 3):
+        vectorizer = get_spec(name).build({**configs[name], "subject_weight": weight, "min_df": 1, "max_df": 1.0}).steps[0][1]
+        x = vectorizer.fit_transform(texts)
+        orbit, launch = (vectorizer.vocabulary_[w] for w in ("orbit", "launch"))
+        counts[weight] = x[0, orbit] / x[0, launch]
+        again = pickle.loads(pickle.dumps(vectorizer))
+        assert (again.transform(texts) != x).nnz == 0
+    assert counts[1] == pytest.approx(1.0) and counts[3] > 1.5  # sublinear: 1 + ln 3
+
+
 def test_naive_bayes_variants(configs):
     from sklearn.naive_bayes import ComplementNB, MultinomialNB
 
@@ -202,6 +230,7 @@ def test_get_spec_unknown_model_lists_the_known_ones():
         ("tfidf_logreg", {"C": 0}, "train.tfidf_logreg.C = 0"),
         ("naive_bayes", {"variant": "bernoulli"}, "train.naive_bayes.variant = 'bernoulli'"),
         ("naive_bayes", {"max_df": 0.0}, "train.naive_bayes.max_df = 0.0"),
+        ("naive_bayes", {"subject_weight": 0}, "train.naive_bayes.subject_weight = 0"),
         ("cnn_glove", {"kernel": 3}, "train.cnn_glove.kernel: unknown key"),
     ],
 )
