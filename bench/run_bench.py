@@ -693,7 +693,6 @@ def part_repro(args, work: Path, source: Path, mirror: Path | None, calibration:
         "seconds": r3(noop_seconds),
         "runs": [r["seconds"] for r in noop_runs],
         "calibration_units": ratio(noop_seconds, calibration),
-        "calibration_seconds": calibration,  # kept with the part: a --merge run brings its own calibration
         "stages_run": sorted({s for r in noop_runs for s in r["stages_run"]}),
         "ratio_to_full": ratio(noop_seconds, full["seconds"]),
     }
@@ -846,13 +845,12 @@ def table(results: dict) -> str:
         rows.append(("epoch s: cnn_glove | cbow", fmt(ep["cnn_glove"]["epoch_seconds"]), fmt(ep["cbow"]["epoch_seconds"]),
                      fmt(ep["epoch_time_ratio"])))
     rp = results.get("repro")
-    cal = results.get("calibration", {}).get("seconds")
     if rp:
         rows.append(("full dvc repro s | its stages' s", fmt(rp["full"]["seconds"]), fmt(rp["full"]["stage_seconds_total"]),
                      fmt(rp["full"]["dvc_overhead_ratio"])))
         noop = rp["noop"]
-        if noop.get("calibration_units"):  # the calibration of the invocation that ran this part
-            cal = noop.get("calibration_seconds") or noop["seconds"] / noop["calibration_units"]
+        # The calibration of the invocation that ran this part (a --merge run brings its own).
+        cal = noop["seconds"] / noop["calibration_units"] if noop.get("calibration_units") else None
         rows.append(("no-op dvc repro s | calibration s", fmt(noop["seconds"]), fmt(cal), fmt(noop["calibration_units"])))
         rows.append((f"after {rp['change']['key']} change s | full s", fmt(rp["change"]["seconds"]), fmt(rp["full"]["seconds"]),
                      fmt(rp["change"]["ratio_to_full"])))
