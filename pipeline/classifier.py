@@ -1,11 +1,12 @@
 """A trained model as a raw-text classifier: one directory, one loader, for every model kind.
 
 A model directory holds meta.json (kind, classes, text settings) and the model itself
-(model.keras with vocab.json, or model.joblib). Evaluation, the MLflow pyfunc and the predict CLI
+(model.keras with vocab.json, or model.pkl). Evaluation, the MLflow pyfunc and the predict CLI
 all go through `Classifier`, so what is evaluated is exactly what is served.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +16,7 @@ import pandas as pd
 from .common import PipelineError, read_json, write_json
 
 META = "meta.json"
+SKLEARN_MODEL = "model.pkl"  # a scikit-learn Pipeline taking raw text
 VAL_PROBS = "val_probs.npy"  # the model's validation probabilities, saved by its train stage for the ensemble
 POOLINGS = ("log", "linear")
 EPS = 1e-9  # floor for member probabilities under log pooling (a member sure of another class is not a veto)
@@ -47,9 +49,10 @@ def model_dir(name: str) -> Path:
 
 
 def save_sklearn(directory: Path, pipeline, classes: list[str], name: str) -> None:
-    import joblib
-
-    joblib.dump(pipeline, directory / "model.joblib")
+    # Plain pickle: joblib's pure-Python unpickler took 2 s to load the 355k-entry TF-IDF
+    # vocabulary, pickle's C one 0.25 s (the models hold no large arrays for joblib to map).
+    with open(directory / SKLEARN_MODEL, "wb") as handle:
+        pickle.dump(pipeline, handle, protocol=5)
     write_json(directory / META, {"model": name, "kind": "sklearn", "classes": classes})
 
 
@@ -96,9 +99,8 @@ class Classifier:
         meta = read_json(self.directory / META)
         self.name, self.kind, self.classes = meta["model"], meta["kind"], list(meta["classes"])
         if self.kind == "sklearn":
-            import joblib
-
-            self.model = joblib.load(self.directory / "model.joblib")
+            with open(self.directory / SKLEARN_MODEL, "rb") as handle:
+                self.model = pickle.load(handle)
         elif self.kind == "keras":
             import keras
 

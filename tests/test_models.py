@@ -181,6 +181,29 @@ def test_weight_subject_repeats_only_the_header_subject():
     assert weight_subject("", 3) == ""
 
 
+@pytest.mark.parametrize("ngram_max", [1, 2, 3])
+@pytest.mark.parametrize("weight", [1, 3])
+def test_word_ngrams_match_scikit_learns_analyzer(ngram_max, weight):
+    import functools
+
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from pipeline.models import weight_subject, word_ngrams
+
+    reference = CountVectorizer(
+        preprocessor=functools.partial(weight_subject, weight=weight), ngram_range=(1, ngram_max)
+    ).build_analyzer()
+    texts = [
+        "Subject: Re: Orbit\nFrom: a@b.c\n\nThe launch pad, the pad; a b c über-naïve 2x 1993!",
+        "one",
+        "",
+        "Subject: x\n\n",
+        "  spaced   out\ttabs\nand lines  ",
+    ]
+    for text in texts:
+        assert word_ngrams(text, weight, ngram_max) == reference(text)
+
+
 @pytest.mark.parametrize("name", SKLEARN)
 def test_subject_weight_reaches_the_features_and_survives_pickling(configs, name):
     import pickle
@@ -188,13 +211,60 @@ def test_subject_weight_reaches_the_features_and_survives_pickling(configs, name
     texts = ["Subject: orbit\n\nlaunch pad", "Subject: brake\n\nengine oil"]
     counts = {}
     for weight in (1, 3):
-        vectorizer = get_spec(name).build({**configs[name], "subject_weight": weight, "min_df": 1, "max_df": 1.0}).steps[0][1]
+        cfg = {**configs[name], "subject_weight": weight, "min_df": 1, "max_df": 1.0, "hash_bits": None}
+        vectorizer = get_spec(name).build(cfg).steps[0][1]
         x = vectorizer.fit_transform(texts)
         orbit, launch = (vectorizer.vocabulary_[w] for w in ("orbit", "launch"))
         counts[weight] = x[0, orbit] / x[0, launch]
         again = pickle.loads(pickle.dumps(vectorizer))
         assert (again.transform(texts) != x).nnz == 0
     assert counts[1] == pytest.approx(1.0) and counts[3] > 1.5  # sublinear: 1 + ln 3
+
+
+@pytest.mark.parametrize(
+    "pruning",
+    [{"min_df": 1, "max_df": 1.0, "max_features": None}, {"min_df": 2, "max_df": 0.5, "max_features": None},
+     {"min_df": 1, "max_df": 1.0, "max_features": "untied"}],
+)
+def test_hashed_features_equal_the_vocabulary_ones_up_to_column_order(configs, pruning):
+    """With no collisions (2**24 columns, a few dozen terms), hashing + DocFrequencyFilter +
+    TfidfTransformer gives TfidfVectorizer's matrix with its columns permuted, also after pickling."""
+    import functools
+    import pickle
+
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from pipeline.models import word_ngrams
+
+    texts = [
+        "Subject: orbit\n\nlaunch pad launch",
+        "Subject: brake\n\nengine oil engine oil",
+        "Subject: orbit decay\n\nthe pad and the oil",
+        "Subject: mars\n\nthe launch of the orbit",
+        "the the the brake pad",
+    ]
+    cfg = {**configs["tfidf_logreg"], **pruning, "ngram_max": 2}
+    if pruning["max_features"] == "untied":  # a cut between two different term counts (ties may break either way)
+        analyzer = functools.partial(word_ngrams, subject_weight=cfg["subject_weight"], ngram_max=2)
+        counts = np.sort(np.asarray(CountVectorizer(analyzer=analyzer).fit_transform(texts).sum(axis=0)).ravel())[::-1]
+        cfg["max_features"] = next(k for k in range(3, len(counts)) if counts[k - 1] > counts[k])
+    exact = get_spec("tfidf_logreg").build({**cfg, "hash_bits": None}).steps[0][1].fit_transform(texts).toarray()
+    hashed_features = get_spec("tfidf_logreg").build({**cfg, "hash_bits": 24}).steps[0][1]
+    hashed = hashed_features.fit_transform(texts).toarray()
+    assert hashed.shape == exact.shape
+    # every column of one is a column of the other (same document profile, same weights)
+    assert sorted(map(tuple, np.round(hashed.T, 6))) == sorted(map(tuple, np.round(exact.T, 6)))
+    again = pickle.loads(pickle.dumps(hashed_features))
+    assert np.array_equal(again.transform(texts).toarray(), hashed)
+
+
+def test_doc_frequency_filter_rejects_pruning_everything():
+    import scipy.sparse as sp
+
+    from pipeline.models import DocFrequencyFilter
+
+    with pytest.raises(ValueError, match="no terms remain"):
+        DocFrequencyFilter(min_df=3).fit(sp.csr_matrix(np.eye(2, dtype=np.float32)))
 
 
 def test_naive_bayes_variants(configs):
@@ -231,6 +301,7 @@ def test_get_spec_unknown_model_lists_the_known_ones():
         ("naive_bayes", {"variant": "bernoulli"}, "train.naive_bayes.variant = 'bernoulli'"),
         ("naive_bayes", {"max_df": 0.0}, "train.naive_bayes.max_df = 0.0"),
         ("naive_bayes", {"subject_weight": 0}, "train.naive_bayes.subject_weight = 0"),
+        ("tfidf_logreg", {"hash_bits": 40}, "train.tfidf_logreg.hash_bits = 40"),
         ("cnn_glove", {"kernel": 3}, "train.cnn_glove.kernel: unknown key"),
     ],
 )
