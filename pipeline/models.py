@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
 
 from . import params as P
 from .common import PipelineError
@@ -95,37 +94,13 @@ def word_ngrams(text: str, subject_weight: int, ngram_max: int) -> list[str]:
     return features
 
 
-class DocFrequencyFilter(TransformerMixin, BaseEstimator):
-    """Keeps the columns of a count matrix that TfidfVectorizer's min_df/max_df/max_features
-    would keep (documents with the term: at least min_df, at most max_df of them; then the
-    max_features most frequent), for hashed counts, which have no vocabulary to prune."""
-
-    def __init__(self, min_df: int = 1, max_df: float = 1.0, max_features: int | None = None):
-        self.min_df = min_df
-        self.max_df = max_df
-        self.max_features = max_features
-
-    def fit(self, x, y=None):
-        x = x.tocsr()
-        df = np.bincount(x.indices[x.data != 0], minlength=x.shape[1])
-        keep = np.flatnonzero((df >= self.min_df) & (df <= self.max_df * x.shape[0]))
-        if self.max_features is not None and len(keep) > self.max_features:
-            counts = np.asarray(x[:, keep].sum(axis=0)).ravel()
-            keep = np.sort(keep[np.argsort(-counts, kind="stable")[: self.max_features]])
-        if not len(keep):
-            raise ValueError("After pruning, no terms remain. Try a lower min_df or a higher max_df.")
-        self.columns_ = keep
-        return self
-
-    def transform(self, x):
-        return x.tocsr()[:, self.columns_]
-
-
 def _tfidf(cfg):
     """TF-IDF features of raw text: TfidfVectorizer, or with `hash_bits` the same n-grams hashed
     (HashingVectorizer), pruned by document frequency, then weighted (TfidfTransformer)."""
     from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer, TfidfVectorizer
     from sklearn.pipeline import make_pipeline
+
+    from .features import DocFrequencyFilter
 
     # a partial is picklable, so the logged model takes raw text
     analyzer = functools.partial(word_ngrams, subject_weight=cfg["subject_weight"], ngram_max=cfg["ngram_max"])

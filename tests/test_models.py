@@ -261,7 +261,7 @@ def test_hashed_features_equal_the_vocabulary_ones_up_to_column_order(configs, p
 def test_doc_frequency_filter_rejects_pruning_everything():
     import scipy.sparse as sp
 
-    from pipeline.models import DocFrequencyFilter
+    from pipeline.features import DocFrequencyFilter
 
     with pytest.raises(ValueError, match="no terms remain"):
         DocFrequencyFilter(min_df=3).fit(sp.csr_matrix(np.eye(2, dtype=np.float32)))
