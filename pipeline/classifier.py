@@ -125,10 +125,10 @@ class Classifier:
         if self.kind == "ensemble":
             probs = [m.predict_proba(texts, batch_size).astype(np.float64) for m in self.members]
             return pool(probs, self.weights, self.pooling).astype(np.float32)
-        from .tokenize import encode
+        from .tokenize import encode, id_batches
 
         ids = encode(self.vectorizer, texts)
-        return np.asarray(self.model.predict(ids, batch_size=batch_size, verbose=0), dtype=np.float32)
+        return np.asarray(self.model.predict(id_batches(ids, batch_size), verbose=0), dtype=np.float32)
 
     def predict_frame(self, texts: Sequence[str]) -> pd.DataFrame:
         """One row per text: the predicted `label`, then one probability column per group."""

@@ -49,6 +49,27 @@ def load_vectorizer(directory: Path = OUT, max_len: int | None = None):
     return make_vectorizer(vocab, max_len or config["max_len"], config["standardize"])
 
 
+def without_autotune(data):
+    """`data` (a tf.data.Dataset) with tf.data autotuning off: the same batches, in the same order.
+
+    Under TensorFlow 2.21 the autotune thread of an iterator sleeps between its optimization rounds
+    and is not woken when the iterator is destroyed. Keras drops iterators twice per fit epoch and
+    once per predict, and each drop stalled the stage for up to 9 s with both cores idle (measured
+    with gdb: the main thread in ~RootDataset::Iterator, waiting on Model::OptimizeLoop)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return data.with_options(options)
+
+
+def id_batches(ids: np.ndarray, batch_size: int):
+    """Token ids in order, batched for Keras `predict` (which would make an autotuned pipeline)."""
+    import tensorflow as tf
+
+    return without_autotune(tf.data.Dataset.from_tensor_slices(ids).batch(batch_size))
+
+
 def encode(vectorizer, texts: list[str], batch_size: int = 2048) -> np.ndarray:
     parts = [
         np.asarray(vectorizer(np.asarray(texts[i : i + batch_size], dtype=object)), dtype=np.int32)

@@ -15,6 +15,7 @@ from . import params as P
 from .classifier import save_keras, save_sklearn, save_val_probs
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json, write_text
 from .models import get_spec
+from .tokenize import id_batches, without_autotune
 
 PREPARED = Path("data/prepared")
 TOKENIZED = Path("data/tokenized")
@@ -110,7 +111,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: in
     data = data.map(cut)
     if shuffle_seed is not None:
         data = data.shuffle(window * 2, seed=shuffle_seed + 1, reshuffle_each_iteration=True)
-    return data.prefetch(tf.data.AUTOTUNE)
+    return without_autotune(data.prefetch(tf.data.AUTOTUNE))
 
 
 def sequence_length(name: str, cfg: dict, tokenize_max_len: int) -> int:
@@ -184,7 +185,7 @@ def fit_keras(name: str, cfg: dict, out: Path) -> dict:
     best = int(np.argmax(fit.history["val_accuracy"])) + 1
     save_keras(out, model, vocab, {"max_len": max_len, "standardize": tok["standardize"]}, classes, name)
     # Full-length inputs, as the saved classifier sees them (the CNNs' batches were cut to length).
-    save_val_probs(out, model.predict(x["val"], batch_size=512, verbose=0))
+    save_val_probs(out, model.predict(id_batches(x["val"], 512), verbose=0))
     return {"history": history, "seconds": seconds, "best_epoch": best, "classes": classes}
 
 

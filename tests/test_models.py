@@ -363,3 +363,19 @@ def test_prediction_batches_keep_order_and_the_convolution_floor():
     assert np.array_equal(np.concatenate([labels for _, labels in batches]), y)
     assert [ids.shape[1] for ids, _ in batches][:2] == [20, 20]  # never below min_len
     assert np.array_equal(np.concatenate([ids[:, :10] for ids, _ in batches]), x[:, :10])
+
+
+def test_keras_input_pipelines_run_without_autotune_and_keep_order():
+    """Autotune's thread stalled every dropped iterator (see tokenize.without_autotune): the
+    training, validation and prediction pipelines all turn it off, and predictions keep order."""
+    from pipeline.tokenize import id_batches
+    from pipeline.train import make_dataset
+
+    rng = np.random.default_rng(3)
+    x = _ragged_ids(rng, 50, 12)
+    y = np.arange(50) % CLASSES
+    for data in (make_dataset(x, y, 8, 1, None), make_dataset(x, y, 8, None, None), id_batches(x, 8)):
+        assert data.options().autotune.enabled is False
+    batches = [b.numpy() for b in id_batches(x, 8)]
+    assert [len(b) for b in batches] == [8] * 6 + [2]
+    assert np.array_equal(np.concatenate(batches), x)
