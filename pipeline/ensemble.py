@@ -105,12 +105,16 @@ def build(members: list[str], pooling: str, seed: int, out: Path) -> dict:
     probs, classes = member_val_probs(members, len(y))
     weights = fit_weights(probs, y, pooling)
     seconds = time.perf_counter() - start
-    for m in members:
-        shutil.copytree(MODELS / m, out / m, ignore=shutil.ignore_patterns(VAL_PROBS))
+    saved = weights.round(6)
+    # A member weighted 0 changes no pooled probability, so the saved model leaves it out and
+    # serving neither loads nor runs it. The metrics keep every member's weight.
+    kept = [i for i, w in enumerate(saved) if w > 0] or list(range(len(members)))
+    for i in kept:
+        shutil.copytree(MODELS / members[i], out / members[i], ignore=shutil.ignore_patterns(VAL_PROBS))
     write_json(
         out / "meta.json",
-        {"model": NAME, "kind": "ensemble", "classes": classes, "members": members, "pooling": pooling,
-         "weights": weights.round(6).tolist()},
+        {"model": NAME, "kind": "ensemble", "classes": classes, "members": [members[i] for i in kept],
+         "pooling": pooling, "weights": [float(saved[i]) for i in kept]},
     )
     return {
         "weights": dict(zip(members, weights.round(4).tolist())),

@@ -157,3 +157,43 @@ def test_ensemble_stage_needs_the_members_validation_probabilities(saved_ensembl
     assert classes == ["sci", "sport"] and probs[1].tolist() == [[1, 0], [0, 1], [0, 1]]
     with pytest.raises(PipelineError, match=r"ensemble\.members: 'c' has no trained model in data/models"):
         ensemble.member_val_probs(["a", "c"], 3)
+
+
+def test_ensemble_stage_saves_only_the_members_it_weights(saved_ensemble, tmp_path, monkeypatch):
+    """A member whose fitted weight is 0 (here: sure of the wrong class on every validation
+    document) is left out of the saved model; the saved ensemble then pools exactly what the weights say."""
+    import shutil
+
+    import pandas as pd
+
+    from pipeline import ensemble
+
+    directory = saved_ensemble()
+    monkeypatch.chdir(tmp_path)
+    models = Path("data/models")
+    models.mkdir(parents=True)
+    for m in "ab":
+        (directory / m).rename(models / m)
+    shutil.copytree(models / "b", models / "c")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+
+    def member(right: float, sure: float) -> np.ndarray:
+        """2-class probabilities that put `sure` on the true class for a `right` share of documents."""
+        answer = np.where(rng.random(len(y)) < right, y, 1 - y)
+        return np.where(np.eye(2)[answer] == 1, sure, 1 - sure).astype(np.float32)
+
+    pd.DataFrame({"text": ["some text"] * len(y), "label": y}).to_parquet("data/val.parquet")
+    monkeypatch.setattr(ensemble, "VAL", Path("data/val.parquet"))
+    for m, probs in (("a", member(0.8, 0.7)), ("b", member(0.7, 0.6)), ("c", member(0.0, 0.9))):
+        np.save(models / m / VAL_PROBS, probs)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = ensemble.build(["a", "b", "c"], "log", 0, out)
+    assert result["weights"]["c"] == 0.0 and result["weights"]["a"] + result["weights"]["b"] > 0
+    meta = json.loads((out / "meta.json").read_text())
+    kept = [m for m in "abc" if result["weights"][m] > 0]
+    assert meta["members"] == kept and sorted(p.name for p in out.iterdir() if p.is_dir()) == kept
+    texts = ["nasa moon launch", "goal for the team", "orbit team"]
+    expected = pool([Classifier(models / m).predict_proba(texts).astype(np.float64) for m in kept], np.array(meta["weights"]), "log")
+    np.testing.assert_allclose(Classifier(out).predict_proba(texts), expected, rtol=1e-5)
