@@ -136,16 +136,21 @@ def test_evaluate_ensemble_pools_the_members_saved_test_probabilities(saved_ense
         evaluate.ensemble_proba(directory, len(texts))
 
 
+def members_in_data_models(saved_ensemble, tmp_path, monkeypatch) -> Path:
+    """The fixture's members a and b moved to data/models/ (the ensemble stage's input), cwd tmp_path."""
+    directory = saved_ensemble()
+    monkeypatch.chdir(tmp_path)
+    models = Path("data/models")
+    models.mkdir(parents=True)
+    for m in "ab":
+        (directory / m).rename(models / m)
+    return models
+
+
 def test_ensemble_stage_needs_the_members_validation_probabilities(saved_ensemble, tmp_path, monkeypatch):
     from pipeline import ensemble
 
-    directory = saved_ensemble()
-    monkeypatch.chdir(tmp_path)
-    Path("data").mkdir()
-    models = Path("data/models")
-    models.mkdir()
-    for m in "ab":
-        (directory / m).rename(models / m)
+    models = members_in_data_models(saved_ensemble, tmp_path, monkeypatch)
     np.save(models / "a" / VAL_PROBS, np.full((3, 2), 0.5, dtype=np.float32))
     with pytest.raises(PipelineError, match=r"^data/models/b/val_probs\.npy: missing"):
         ensemble.member_val_probs(["a", "b"], 3)
@@ -168,12 +173,7 @@ def test_ensemble_stage_saves_only_the_members_it_weights(saved_ensemble, tmp_pa
 
     from pipeline import ensemble
 
-    directory = saved_ensemble()
-    monkeypatch.chdir(tmp_path)
-    models = Path("data/models")
-    models.mkdir(parents=True)
-    for m in "ab":
-        (directory / m).rename(models / m)
+    models = members_in_data_models(saved_ensemble, tmp_path, monkeypatch)
     shutil.copytree(models / "b", models / "c")
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)
