@@ -54,7 +54,7 @@ def without_autotune(data):
 
     Under TensorFlow 2.21 the autotune thread of an iterator sleeps between its optimization rounds
     and is not woken when the iterator is destroyed. Keras drops iterators twice per fit epoch and
-    once per predict, and each drop stalled the stage for up to 9 s with both cores idle (measured
+    once per predict, and each drop stalled the stage for 4–10 s with both cores idle (measured
     with gdb: the main thread in ~RootDataset::Iterator, waiting on Model::OptimizeLoop)."""
     import tensorflow as tf
 
