@@ -96,6 +96,15 @@ def pair(item: Check) -> Check:
     return check
 
 
+def mapping(schema: dict[str, Check]) -> Check:
+    """A nested mapping with exactly `schema`'s keys."""
+
+    def check(key, value):
+        return validate(key, value, schema)
+
+    return check
+
+
 def optional(inner: Check) -> Check:
     def check(key, value):
         return None if value is None else inner(key, value)

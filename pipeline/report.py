@@ -18,7 +18,7 @@ SCHEMA = {"registered_model": P.string(), "alias": P.string()}
 # The params worth a column: what distinguishes one run of a model from another.
 KEY_PARAMS = (
     "members", "pooling", "subject_weight", "ngram_max", "hash_bits", "solver", "C", "alpha", "variant", "embedding", "embedding_dim",
-    "trainable", "max_len", "units", "filters", "batch_size", "learning_rate", "dropout",
+    "trainable", "max_len", "units", "filters", "batch_size", "learning_rate", "dropout", "quantize",
 )
 
 

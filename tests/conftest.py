@@ -1,12 +1,16 @@
-"""Fixtures shared by the predict, serving and MLflow UI tests: one tiny project, trained once."""
+"""Fixtures shared by several test files: one tiny project trained once (predict, serving and MLflow
+UI tests) and a local HTTP server (download tests)."""
 from __future__ import annotations
 
+import http.server
+import threading
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tiny import make_project, run
+from tiny import QuietHandler, make_project, run
 
 TINY_MODELS = ["tfidf_logreg", "cbow"]  # one scikit-learn, one Keras model
 
@@ -32,3 +36,17 @@ def tiny_trained_project(tmp_path_factory) -> TinyProject:
     run(["dvc", "repro"], repo, env)
     assert (repo / "metrics" / "summary.json").is_file()
     return TinyProject(repo=repo, env=env, tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server over tmp_path/www (no network needed)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

@@ -3,16 +3,13 @@ params validation, on tiny generated data in a temporary working directory."""
 from __future__ import annotations
 
 import gzip
-import http.server
 import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +22,7 @@ from pipeline import params as P
 from pipeline.common import MIRROR_ENV, PipelineError, run_main
 from pipeline.corpus import iter_documents
 from pipeline.models import get_spec
-from tiny import GROUPS, ROOT, make_archive, make_glove, tiny_params, write_params
+from tiny import GROUPS, ROOT, QuietHandler, make_archive, make_glove, tiny_params, write_params
 
 ARCHIVE = "20news-bydate.tar.gz"
 
@@ -222,32 +219,6 @@ def test_mirror_that_is_not_a_directory(tmp_path, monkeypatch):
     monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(PipelineError, match="not a directory"):
         fetch_corpus.main([])
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    label_gzip = False
-
-    def log_message(self, *args):
-        pass
-
-    def end_headers(self):
-        if self.label_gzip and self.path.endswith(".gz"):  # as Apache's `AddEncoding x-gzip .gz` does
-            self.send_header("Content-Encoding", "gzip")
-        super().end_headers()
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    """A local HTTP server over tmp_path/www (no network needed)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = partial(QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.mark.parametrize("good_md5, label_gzip", [(True, False), (True, True), (False, False)],

@@ -16,10 +16,10 @@ from pipeline import embeddings, fetch_corpus, fetch_glove, prepare, tokenize, t
 from pipeline import models as M
 from pipeline import train as T
 from pipeline.common import MIRROR_ENV, ROOT, PipelineError
-from tiny import GROUPS, make_archive, make_glove, tiny_params, write_params
+from tiny import GROUPS, make_archive, make_encoder, make_glove, tiny_params, write_params
 
 EXPERIMENT = "tiny"
-KERAS, SKLEARN = "cbow", "tfidf_logreg"
+KERAS, SKLEARN, ENCODER = "cbow", "tfidf_logreg", "minilm_logreg"
 QUERIES = ["the shuttle launch into orbit and the moon", "", "engine brake tire of the car"]
 
 
@@ -33,7 +33,8 @@ def project(tmp_path_factory):
     work.mkdir()
     counts = make_archive(base / "mirror" / "20news-bydate.tar.gz")
     glove = make_glove(base / "glove.tiny.50d.txt")
-    params = tiny_params(str(glove), counts, [KERAS, SKLEARN])
+    encoder = make_encoder(base / "tiny-bert")
+    params = tiny_params(str(glove), counts, [KERAS, SKLEARN, ENCODER], encoder=str(encoder))
     write_params(work / "params.yaml", params)
     uri = f"sqlite:///{base / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
@@ -59,14 +60,14 @@ def in_project(project, monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(project):
-    """cbow and tfidf_logreg trained once; the first cbow outputs kept for the determinism test."""
+    """cbow, tfidf_logreg and minilm_logreg trained once; the first cbow outputs kept for the determinism test."""
     import mlflow
 
     out = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project["work"])
         mp.setenv("MLFLOW_TRACKING_URI", project["uri"])
-        for name in (KERAS, SKLEARN):
+        for name in (KERAS, SKLEARN, ENCODER):
             report = T.train(name)
             out[name] = {
                 "report": report,
@@ -161,7 +162,7 @@ def test_sklearn_run_is_recorded(in_project, trained):
     assert run.data.metrics["val_accuracy"] == pytest.approx(history["val_accuracy"].iloc[0])
 
 
-@pytest.mark.parametrize("name", [KERAS, SKLEARN])
+@pytest.mark.parametrize("name", [KERAS, SKLEARN, ENCODER])
 def test_logged_model_predicts_raw_text(in_project, trained, name):
     import mlflow
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import http.server
 import io
 import os
 import random
@@ -68,7 +69,59 @@ def make_glove(path: Path, dim: int = 50, words: list[str] | None = None, seed: 
     return path
 
 
-def tiny_params(glove_path: str, counts: dict, models: list[str] | None = None) -> dict:
+ENCODER = {"hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 2, "intermediate_size": 16,
+           "max_position_embeddings": 64, "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
+
+
+def bert_weights(config: dict, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights named and shaped as a Hugging Face BertModel's (Linear weights [out, in])."""
+    rng = np.random.default_rng(seed)
+    h, inner = config["hidden_size"], config["intermediate_size"]
+
+    def normal(*shape):
+        return rng.normal(0, 0.3, shape).astype(np.float32)
+
+    weights = {
+        "embeddings.word_embeddings.weight": normal(vocab_size, h),
+        "embeddings.position_embeddings.weight": normal(config["max_position_embeddings"], h),
+        "embeddings.token_type_embeddings.weight": normal(config["type_vocab_size"], h),
+    }
+    layers = ["embeddings.LayerNorm"]
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+        for name, shape in (("attention.self.query", (h, h)), ("attention.self.key", (h, h)), ("attention.self.value", (h, h)),
+                            ("attention.output.dense", (h, h)), ("intermediate.dense", (inner, h)), ("output.dense", (h, inner))):
+            weights[p + name + ".weight"], weights[p + name + ".bias"] = normal(*shape), normal(shape[0])
+        layers += [p + "attention.output.LayerNorm", p + "output.LayerNorm"]
+    for name in layers:
+        weights[name + ".weight"] = (1 + normal(h) / 3).astype(np.float32)
+        weights[name + ".bias"] = normal(h) / 3
+    return weights
+
+
+def make_encoder(path: Path, seed: int = 0) -> Path:
+    """A tiny random BERT in the layout of sentence-transformers/all-MiniLM-L6-v2: config.json,
+    model.safetensors and a WordPiece tokenizer.json over the tiny corpus's words."""
+    import json
+
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + glove_words() + ["##s", "##ing", "user", "edu", "from", "subject"]
+    tokenizer = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "config.json").write_text(json.dumps({**ENCODER, "vocab_size": len(vocab)}), encoding="utf-8")
+    save_file(bert_weights(ENCODER, len(vocab), seed), str(path / "model.safetensors"))
+    return path
+
+
+def tiny_params(glove_path: str, counts: dict, models: list[str] | None = None, encoder: str | None = None) -> dict:
     """The project's params.yaml scaled down: tiny corpus counts, short sequences, few epochs."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params = copy.deepcopy(params)
@@ -77,6 +130,8 @@ def tiny_params(glove_path: str, counts: dict, models: list[str] | None = None) 
     params["tokenize"].update(max_tokens=200, max_len=60)
     params["fetch_glove"].update(source=str(glove_path), dim=50)
     params["embeddings"]["top_oov"] = 5
+    if encoder is not None:
+        params["train"]["minilm_logreg"].update(source=encoder, max_len=32, batch_size=8)
     params["mlflow"]["experiment"] = "tiny"
     train = params["train"]
     train["models"] = models or list(train["models"])
@@ -144,3 +199,17 @@ def make_project(base: Path, models: list[str]) -> tuple[Path, dict]:
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "tiny project"], repo, env)
     return repo, env
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory without logging; can label .gz files gzip-encoded, as some servers do."""
+
+    label_gzip = False
+
+    def log_message(self, *args):
+        pass
+
+    def end_headers(self):
+        if self.label_gzip and self.path.endswith(".gz"):  # as Apache's `AddEncoding x-gzip .gz` does
+            self.send_header("Content-Encoding", "gzip")
+        super().end_headers()
