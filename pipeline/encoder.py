@@ -103,22 +103,36 @@ def parse_model(files: dict[str, bytes], label: str) -> tuple[dict, dict[str, np
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PipelineError(f"{label}: config.json: not JSON ({exc})") from None
     keys = ("hidden_size", "num_attention_heads", "num_hidden_layers", "max_position_embeddings")
-    absent = [k for k in keys if not isinstance(config.get(k), int)]
+    absent = [k for k in keys if not isinstance(config, dict) or not isinstance(config.get(k), int)]
     if absent:
         raise PipelineError(f"{label}: config.json: no integer {absent[0]} (a BERT config is expected)")
     if config.get("hidden_act", "gelu") != "gelu":
         raise PipelineError(f"{label}: config.json: hidden_act {config['hidden_act']!r}, only gelu is supported")
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise PipelineError(f"{label}: config.json: hidden_size {config['hidden_size']} is not a multiple of num_attention_heads")
     try:
         weights = load(files["model.safetensors"])
     except (SafetensorError, ValueError) as exc:
         raise PipelineError(f"{label}: model.safetensors: unreadable ({exc})") from None
     weights = {k.removeprefix("bert."): v.astype(np.float32) for k, v in weights.items()}
-    needed = ["embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight"]
-    needed += [f"encoder.layer.{config['num_hidden_layers'] - 1}.output.LayerNorm.weight"]
-    lacking = [k for k in needed if k not in weights]
+    lacking = [k for k in tensor_names(config["num_hidden_layers"]) if k not in weights]
     if lacking:
         raise PipelineError(f"{label}: model.safetensors: no tensor {lacking[0]} (a BERT model is expected)")
+    width = weights["embeddings.word_embeddings.weight"].shape
+    if len(width) != 2 or width[1] != config["hidden_size"]:
+        raise PipelineError(f"{label}: model.safetensors: word embeddings of shape {width}, hidden_size is {config['hidden_size']}")
     return config, weights
+
+
+def tensor_names(layers: int) -> list[str]:
+    """The weights `bert_graph` reads (the token-type table is optional)."""
+    names = ["embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight"]
+    names += [f"embeddings.LayerNorm.{t}" for t in ("weight", "bias")]
+    for i in range(layers):
+        for part in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                     "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm"):
+            names += [f"encoder.layer.{i}.{part}.{t}" for t in ("weight", "bias")]
+    return names
 
 
 # ---------------------------------------------------------------- the forward pass as ONNX

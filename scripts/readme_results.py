@@ -1,6 +1,6 @@
 """Copy the generated result tables into README.md (between the results markers), so the README
 shows exactly what the last real run wrote: metrics/summary.md and, when present, the
-leakage-free variant's table metrics/variants/remove_all.md, the benchmark table metrics/bench.md
+variants' tables metrics/variants/remove_all.md and minilm.md, the benchmark table metrics/bench.md
 (bench/run_bench.py) and the multi-seed table metrics/seeds.md (bench/seeds.py --md).
 
     python scripts/readme_results.py          # rewrite README.md
@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BLOCKS = {
     "results": ROOT / "metrics/summary.md",
     "results-remove-all": ROOT / "metrics/variants/remove_all.md",
+    "results-minilm": ROOT / "metrics/variants/minilm.md",
     "bench": ROOT / "metrics/bench.md",
     "seeds": ROOT / "metrics/seeds.md",
 }

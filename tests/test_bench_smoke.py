@@ -212,3 +212,20 @@ def test_seeds_merge_keeps_the_other_models_with_their_commit(tmp_path):
     out.write_text("{not json")
     with pytest.raises(SystemExit, match=r"seeds\.json: not a seeds results JSON"):
         seeds.earlier_models(out)
+
+
+def test_encoder_speed_prints_a_row_per_setting(tmp_path):
+    import pandas as pd
+
+    from tiny import make_encoder
+
+    data = tmp_path / "test.parquet"
+    pd.DataFrame({"text": ["the shuttle launch", "", "engine brake tire of the car"] * 4}).to_parquet(data)
+    source = make_encoder(tmp_path / "tiny-bert")
+    out = run_script(["bench/encoder_speed.py", "--source", str(source), "--data", str(data), "--docs", "10",
+                      "--max-len", "8", "16", "--batch-size", "4"], tmp_path).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [("8", "float32"), ("8", "int8"), ("16", "float32"), ("16", "int8")]
+    for row in rows:
+        assert float(row[2]) > 0 and -1.0 <= float(row[4]) <= float(row[5]) <= 1.0001
+    assert all(float(r[4]) > 0.9999 for r in rows if r[1].strip() == "float32")

@@ -169,6 +169,8 @@ def break_dir(model_dir: Path, tmp_path: Path, how: str) -> str:
         (bad / "config.json").write_text("{oops")
     elif how == "config-not-bert":
         (bad / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    elif how == "config-a-list":
+        (bad / "config.json").write_text("[1, 2]")
     elif how == "weights-garbage":
         (bad / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
     elif how == "weights-missing-layer":
@@ -194,8 +196,9 @@ def break_dir(model_dir: Path, tmp_path: Path, how: str) -> str:
         ("no-tokenizer", "bad/tokenizer.json: missing"),
         ("config-not-json", "config.json: not JSON"),
         ("config-not-bert", "config.json: no integer hidden_size"),
+        ("config-a-list", "config.json: no integer hidden_size"),
         ("weights-garbage", "model.safetensors: unreadable"),
-        ("weights-missing-layer", "model.safetensors: no tensor encoder.layer.1.output.LayerNorm.weight"),
+        ("weights-missing-layer", "model.safetensors: no tensor encoder.layer.1.attention.self.query.weight"),
         ("zip-without-weights", "bad.zip: has no model.safetensors"),
         ("not-a-zip", "bad.zip: not a readable zip archive"),
         ("missing", "nowhere: missing"),
