@@ -130,7 +130,7 @@ def build(members: list[str], pooling: str, seed: int, out: Path) -> dict:
 def main(argv: list[str]) -> None:
     import mlflow
 
-    from .tracking import log_classifier, training_run
+    from .tracking import log_classifier, log_splits, training_run
 
     params = P.load_params()
     cfg = P.validate("ensemble", P.section(params, "ensemble"), SCHEMA)
@@ -139,6 +139,7 @@ def main(argv: list[str]) -> None:
     remove_quietly(out, METRICS / f"{NAME}.json", HISTORY / f"{NAME}.csv")
     flat = {"members": ",".join(cfg["members"]), "pooling": cfg["pooling"], "seed": cfg["seed"]}
     with training_run(experiment, NAME, NAME, flat, [MODELS / m for m in cfg["members"]]) as run_id:
+        log_splits([VAL], "training")  # the ensemble's weights are fitted on the validation split
         with atomic_path(out, directory=True) as tmp:
             result = build(cfg["members"], cfg["pooling"], cfg["seed"], tmp)
             mlflow.log_metrics(

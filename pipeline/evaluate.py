@@ -127,7 +127,7 @@ def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, n
 def main(argv: list[str]) -> None:
     import mlflow
 
-    from .tracking import checked_tracking_uri, reopen_run
+    from .tracking import checked_tracking_uri, log_splits, reopen_run
 
     if len(argv) != 1:
         raise PipelineError("usage: python -m pipeline.evaluate <model>")
@@ -146,6 +146,7 @@ def main(argv: list[str]) -> None:
         report = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=classes, digits=4, zero_division=0)
         (tmp / "classification_report.txt").write_text(report, encoding="utf-8")
         with reopen_run(run_id):
+            log_splits([TEST], "evaluation")
             mlflow.log_metrics(
                 {
                     "test_accuracy": result["accuracy"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import socket
@@ -245,3 +246,49 @@ def log_classifier(model_dir: Path, classes: list[str], example: list[str], regi
         pip_requirements=pip_requirements(),
         registered_model_name=registered_name,
     )
+
+
+@functools.cache
+def _dvc_path_source():
+    """An MLflow dataset source for a file the pipeline made: its path in the DVC project."""
+    from mlflow.data.dataset_source import DatasetSource
+
+    class DvcPathSource(DatasetSource):
+        def __init__(self, path: str):
+            self.path = path
+
+        @staticmethod
+        def _get_source_type() -> str:
+            return "dvc"
+
+        def load(self, **kwargs):
+            return str(project_root() / self.path)
+
+        @staticmethod
+        def _can_resolve(raw_source) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source):
+            raise NotImplementedError
+
+        def to_dict(self) -> dict:
+            return {"path": self.path}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict):
+            return cls(source_dict["path"])
+
+    return DvcPathSource
+
+
+def log_splits(paths: list[str | Path], context: str) -> None:
+    """The data splits the active run read, as MLflow dataset inputs (the UI's Dataset column):
+    the split's name, the md5 of its file (as DVC computes it) and its path in the project."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = _dvc_path_source()
+    for path in map(Path, paths):
+        digest = hashlib.md5(path.read_bytes()).hexdigest()
+        mlflow.log_input(MetaDataset(source(path.as_posix()), name=path.stem, digest=digest), context=context)

@@ -215,7 +215,7 @@ def flat_params(cfg: dict) -> dict:
 def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     import mlflow
 
-    from .tracking import checked_tracking_uri, log_classifier, training_run
+    from .tracking import checked_tracking_uri, log_classifier, log_splits, training_run
 
     cfg = load_config(name, params_file)
     spec = get_spec(name)
@@ -226,6 +226,7 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     remove_quietly(out, METRICS / f"{name}.json", HISTORY / f"{name}.csv")
     deps = [PREPARED] if spec.kind == "sklearn" else [TOKENIZED] + ([EMBEDDINGS] if spec.glove else [])
     with training_run(cfg["mlflow"]["experiment"], name, f"train@{name}", flat_params(cfg), deps) as run_id:
+        log_splits([PREPARED / "train.parquet", PREPARED / "val.parquet"], "training")
         with atomic_path(out, directory=True) as tmp:
             fit = fit_sklearn if spec.kind == "sklearn" else fit_keras
             result = fit(name, cfg["model"], tmp)

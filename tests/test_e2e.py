@@ -1,6 +1,7 @@
 """End to end: the real `dvc repro` on tiny generated data in a temporary git repository."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -80,9 +81,16 @@ def test_mlflow_has_every_run_and_the_champion(project):
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(MODELS + ["ensemble"])
+    digest = {s: hashlib.md5((repo / f"data/prepared/{s}.parquet").read_bytes()).hexdigest() for s in ("train", "val", "test")}
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {"test_accuracy", "val_accuracy", "train_seconds"} <= set(r.data.metrics)
+        # the splits each run read, as MLflow datasets: training (train/val or, for the ensemble, val), evaluation (test)
+        inputs = {(d.dataset.name, d.dataset.digest, d.dataset.source_type, json.loads(d.dataset.source)["path"],
+                   {t.key: t.value for t in d.tags}["mlflow.data.context"]) for d in r.inputs.dataset_inputs}
+        fitted_on = ["val"] if r.info.run_name == "ensemble" else ["train", "val"]
+        assert inputs == {(s, digest[s], "dvc", f"data/prepared/{s}.parquet", "training") for s in fitted_on} | {
+            ("test", digest["test"], "dvc", "data/prepared/test.parquet", "evaluation")}
         if r.info.run_name == "ensemble":
             assert r.data.tags["dvc_stage"] == "ensemble" and "weight.cbow" in r.data.metrics
             continue
