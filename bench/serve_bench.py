@@ -40,19 +40,26 @@ class BenchError(RuntimeError):
 
 def serving_uri(model: str) -> str:
     """What `mlflow models serve -m` takes for `model`: URIs and MLflow model directories as they
-    are; a pipeline model name becomes the run that trained it (data/models/<name>/run.json)."""
+    are; a pipeline model name (or model directory) becomes the run that saved it (found in the
+    project's store by the directory's md5, tracking.find_model_run)."""
+    import mlflow
+
+    from pipeline.common import PipelineError
     from pipeline.predict import pipeline_model_dir
+    from pipeline.tracking import find_model_run, tracking_uri
 
     if "://" in model or model.startswith(("models:/", "runs:/")):
         return model
     path = Path(model)
     if (path / "MLmodel").is_file():
         return str(path.resolve())
-    directory = path if (path / "run.json").is_file() else ROOT / pipeline_model_dir(model)
+    directory = path if (path / "meta.json").is_file() else ROOT / pipeline_model_dir(model)
     try:
-        run_id = json.loads((directory / "run.json").read_text())["run_id"]
-    except (OSError, ValueError, KeyError):
-        raise BenchError(f"model {model!r}: no run.json in {directory}, so no logged model to serve") from None
+        name = json.loads((directory / "meta.json").read_text())["model"]
+        mlflow.set_tracking_uri(tracking_uri())
+        run_id = find_model_run(directory, "ensemble" if name == "ensemble" else f"train@{name}")
+    except (OSError, ValueError, KeyError, PipelineError) as exc:
+        raise BenchError(f"model {model!r}: no logged model to serve for {directory} ({exc})") from None
     return f"runs:/{run_id}/model"
 
 

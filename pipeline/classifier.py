@@ -6,6 +6,7 @@ all go through `Classifier`, so what is evaluated is exactly what is served.
 """
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Sequence
@@ -80,8 +81,38 @@ def load_probs(path: Path, shape: tuple[int, int], stage: str) -> tuple[np.ndarr
 def save_keras(directory: Path, model, vocab: list[str], text: dict, classes: list[str], name: str) -> None:
     """`text` holds the TextVectorization settings: standardize and max_len."""
     model.save(directory / "model.keras")
+    without_save_time(directory / "model.keras")
     write_json(directory / "vocab.json", vocab)
     write_json(directory / META, {"model": name, "kind": "keras", "classes": classes, "text": text})
+
+
+def without_save_time(path: Path) -> None:
+    """Rewrite a .keras file without what differs between two saves of the same model: the save
+    time (zip entry times, metadata's date_saved) and the memory addresses Keras uses to mark
+    shared objects (config's shared_object_id, renumbered in order). The same weights then give
+    the same bytes, and DVC sees an identical retrain as unchanged."""
+    import zipfile
+
+    def renumber(node, ids: dict):
+        if isinstance(node, dict):
+            return {k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else renumber(v, ids)
+                    for k, v in node.items()}
+        if isinstance(node, list):
+            return [renumber(v, ids) for v in node]
+        return node
+
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(renumber(json.loads(data), {})).encode()
+            archive.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), data,
+                             compress_type=info.compress_type)
 
 
 def read_ensemble(directory: Path) -> tuple[list[str], np.ndarray, str, list[str]]:

@@ -62,28 +62,74 @@ def mirror_file(*names: str) -> Path | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
+def process_start(pid: int) -> str | None:
+    """The start time of process `pid` (clock ticks since boot, from /proc), None if it is gone
+    or a zombie; "" where /proc is missing. With the pid it names one process, reuse or not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return "" if not Path("/proc/self/stat").exists() else None
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, starttime 22
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_alive(pid: int, started: str | None = None) -> bool:
+    """Whether process `pid` runs (and, given its start time, is still the same process)."""
+    now = process_start(pid)
+    if now == "":  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, OverflowError):
+            return True
         return True
-    return True
+    return now is not None and (not started or now == started)
+
+
+# atomic_path's temporaries: .<target name>.tmp<writer's pid>.<random>
+TEMPORARY = re.compile(r"^\.(.+)\.tmp(\d+)\.")
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+
+
+def _dead_writer(name: str, target: str | None = None) -> bool:
+    match = TEMPORARY.match(name)
+    if not match or (target is not None and match.group(1) != target):
+        return False
+    pid = int(match.group(2))
+    return pid != os.getpid() and not process_alive(pid)
 
 
 def remove_stale_temporaries(target: Path) -> None:
     """Delete temporary siblings of `target` left by a writer that died (SIGKILL, power loss): a
     partial output must never linger next to the real one. Each temporary carries its writer's pid."""
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.tmp(\d+)\.")
     try:
         siblings = list(target.parent.iterdir())
     except OSError:
         return
     for path in siblings:
-        match = pattern.match(path.name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+        if _dead_writer(path.name, target.name):
+            _remove(path)
+
+
+def remove_dead_temporaries(*roots: str | os.PathLike) -> list[Path]:
+    """Every temporary under `roots` whose writer died, wherever it is: a killed stage that DVC
+    later restores from its run cache never runs again to clear its own (temporaries of a live
+    writer, such as a parallel experiment's, stay). Returns what was removed."""
+    removed = []
+    for root in map(Path, roots):
+        for directory, subdirs, files in os.walk(root):
+            for name in [*subdirs, *files]:
+                if _dead_writer(name):
+                    _remove(Path(directory) / name)
+                    removed.append(Path(directory) / name)
+            subdirs[:] = [d for d in subdirs if not TEMPORARY.match(d)]
+    return removed
 
 
 @contextlib.contextmanager

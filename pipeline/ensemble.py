@@ -130,7 +130,7 @@ def build(members: list[str], pooling: str, seed: int, out: Path) -> dict:
 def main(argv: list[str]) -> None:
     import mlflow
 
-    from .tracking import log_classifier, log_splits, training_run
+    from .tracking import MODEL_TAG, log_classifier, log_splits, path_md5, training_run
 
     params = P.load_params()
     cfg = P.validate("ensemble", P.section(params, "ensemble"), SCHEMA)
@@ -147,7 +147,7 @@ def main(argv: list[str]) -> None:
                  "best_val_accuracy": result["val_accuracy"], "train_seconds": result["seconds"]}
                 | {f"weight.{m}": w for m, w in result["weights"].items()}
             )
-            write_json(tmp / "run.json", {"run_id": run_id, "tracking_uri": mlflow.get_tracking_uri()})
+            mlflow.set_tag(MODEL_TAG, path_md5(tmp))
             log_classifier(tmp, result["classes"], result["example"])
         report = {
             "model": NAME,

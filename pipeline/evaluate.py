@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from . import params as P
 from .classifier import Classifier, load_probs, model_dir, pool, read_ensemble
-from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json
+from .common import PipelineError, atomic_path, remove_quietly, run_main, write_json
 
 TEST = Path("data/prepared/test.parquet")
 HISTORY = Path("metrics/history")
@@ -127,16 +127,16 @@ def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, n
 def main(argv: list[str]) -> None:
     import mlflow
 
-    from .tracking import checked_tracking_uri, log_splits, reopen_run
+    from .tracking import checked_tracking_uri, find_model_run, log_splits, reopen_run
 
     if len(argv) != 1:
         raise PipelineError("usage: python -m pipeline.evaluate <model>")
     name = argv[0]
     cfg = P.stage_params("evaluate", SCHEMA)
-    checked_tracking_uri()  # an unreachable server fails now, not after the whole evaluation
+    mlflow.set_tracking_uri(checked_tracking_uri())  # an unreachable server fails now, not after the whole evaluation
+    run_id = find_model_run(model_dir(name), "ensemble" if name == "ensemble" else f"train@{name}")
     remove_quietly(METRICS / f"{name}.json", OUT / name, TEST_PROBS / f"{name}.npz")
     result, classes, y_true, y_pred, probs = evaluate(name, cfg["batch_size"])
-    run_id = read_json(model_dir(name) / "run.json")["run_id"]
     with atomic_path(OUT / name, directory=True) as tmp:
         pd.DataFrame({"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]}).to_csv(
             tmp / "predictions.csv", index=False

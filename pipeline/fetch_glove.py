@@ -2,11 +2,10 @@
 written in one compact format: words.json (row i = word i) + vectors.npy (float32)."""
 from __future__ import annotations
 
-import io
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -56,27 +55,37 @@ def parse_glove_lines(lines: Iterable[str], dim: int, name: str) -> tuple[list[s
     return words, np.asarray(rows, dtype=np.float32)
 
 
+def utf8_lines(raw: Iterable[bytes], name: str) -> Iterator[str]:
+    """Decode lines of bytes; a byte that is not UTF-8 is an error naming the line and the byte's
+    offset in the file (a text reader's offsets count from its last buffer, not the file's start)."""
+    offset = 0
+    for number, line in enumerate(raw, start=1):
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PipelineError(
+                f"{name}: line {number}: not UTF-8 text ({exc.reason} at byte {offset + exc.start})"
+            ) from None
+        offset += len(line)
+
+
 def read_text_file(path: Path, dim: int) -> tuple[list[str], np.ndarray]:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return parse_glove_lines(handle, dim, str(path))
+        with open(path, "rb") as handle:
+            return parse_glove_lines(utf8_lines(handle, str(path)), dim, str(path))
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing (fetch_glove.source)") from None
     except OSError as exc:  # a directory, no permission, ...
         raise PipelineError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise PipelineError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def read_zip(path: Path, dim: int, label: str) -> tuple[list[str], np.ndarray]:
     member = f"glove.6B.{dim}d.txt"
     try:
         with zipfile.ZipFile(path) as archive, archive.open(member) as raw:
-            return parse_glove_lines(io.TextIOWrapper(raw, encoding="utf-8"), dim, f"{label}:{member}")
+            return parse_glove_lines(utf8_lines(raw, f"{label}:{member}"), dim, f"{label}:{member}")
     except KeyError:
         raise PipelineError(f"{label}: has no member {member}") from None
-    except UnicodeDecodeError as exc:
-        raise PipelineError(f"{label}:{member}: not UTF-8 text ({exc.reason})") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
         raise PipelineError(f"{label}: not a readable zip archive ({exc})") from None
 

@@ -95,9 +95,23 @@ def register_champion(run_id: str, name: str, alias: str) -> str:
     return str(version)
 
 
+def clean_up(experiment: str) -> None:
+    """Close the MLflow runs and remove the temporaries of killed stages: DVC may have restored
+    those stages from its run cache without running them again."""
+    import mlflow
+
+    from .tracking import checked_tracking_uri, clean_up_dead_processes
+
+    mlflow.set_tracking_uri(checked_tracking_uri())
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        clean_up_dead_processes(found.experiment_id)
+
+
 def main(argv: list[str]) -> None:
     all_params = P.load_params()
     cfg = P.validate("report", P.section(all_params, "report"), SCHEMA)
+    clean_up(P.string()("mlflow.experiment", P.section(all_params, "mlflow.experiment")))
     models = P.list_of(P.string(), nonempty=True)("train.models", P.section(all_params, "train.models"))
     if "ensemble" in all_params:
         models.append("ensemble")

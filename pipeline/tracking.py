@@ -6,14 +6,18 @@ import functools
 import hashlib
 import os
 import socket
+import sqlite3
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-from .common import ROOT, PipelineError
+from .common import ROOT, PipelineError, process_alive, process_start, remove_dead_temporaries
 
 ARTIFACTS_DIR = "mlartifacts"
+MODEL_TAG = "model_md5"  # a run's tag: path_md5 of the model directory it saved
+OUTPUT_ROOTS = ("data", "metrics")  # where stages write (relative to the project, the stages' cwd)
 
 # MLflow's HTTP client retries a failing request for about 4 minutes by default (7 retries,
 # backoff factor 2, 120 s timeout): a stage would seem to hang. These bounds (about 10 s for a
@@ -52,6 +56,9 @@ def checked_tracking_uri() -> str:
     """tracking_uri(), a tracking server checked once per process: an unreachable one is a
     one-line PipelineError within seconds, before any work, instead of minutes of retries."""
     uri = tracking_uri()
+    if "MLFLOW_TRACKING_URI" not in os.environ and uri not in _reachable:
+        check_own_store()
+        _reachable.add(uri)
     if uri.startswith(("http://", "https://")) and uri not in _reachable:
         check_reachable(uri)
         _reachable.add(uri)
@@ -115,32 +122,6 @@ def path_md5(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def process_start(pid: int) -> str | None:
-    """The start time of process `pid` (clock ticks since boot, from /proc), None if it is gone
-    or a zombie; "" where /proc is missing. With the pid it names one process, reuse or not."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return "" if not Path("/proc/self/stat").exists() else None
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, starttime 22
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
-def process_alive(pid: int, started: str | None) -> bool:
-    now = process_start(pid)
-    if now == "":  # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return now is not None and (not started or now == started)
-
-
 def process_tags() -> dict[str, str]:
     """The process that has a run open: close_stale_runs tells a dead run from a live one by it."""
     return {"host": socket.gethostname(), "pid": str(os.getpid()), "pid_started": process_start(os.getpid()) or ""}
@@ -174,19 +155,84 @@ def is_stale(run, host: str | None = None, now: float | None = None) -> bool:
     return age_hours > STALE_AFTER_HOURS
 
 
-def close_stale_runs(experiment_id: str, stage: str) -> int:
-    """Runs of this stage still RUNNING whose process died (SIGKILL, power loss) are marked
-    KILLED, so none stays RUNNING forever; runs of live processes are left alone."""
+def close_stale_runs(experiment_id: str, stage: str | None = None) -> int:
+    """Pipeline runs (of `stage`, or of any stage) still RUNNING whose process died (SIGKILL,
+    power loss) are marked KILLED, so none stays RUNNING forever; runs of live processes, and
+    runs the pipeline did not start (no dvc_stage tag), are left alone."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    running = client.search_runs(
-        [experiment_id], filter_string=f"tags.dvc_stage = '{stage}' and attributes.status = 'RUNNING'"
-    )
-    stale = [run for run in running if is_stale(run)]
+    query = "attributes.status = 'RUNNING'" + (f" and tags.dvc_stage = '{stage}'" if stage else "")
+    running = client.search_runs([experiment_id], filter_string=query)
+    stale = [run for run in running if run.data.tags.get("dvc_stage") and is_stale(run)]
     for run in stale:
         client.set_terminated(run.info.run_id, status="KILLED")
     return len(stale)
+
+
+def clean_up_dead_processes(experiment_id: str) -> None:
+    """What a killed stage left, whichever stage it was: its MLflow run (KILLED) and its
+    temporaries. Every stage that talks to MLflow calls this, since DVC may restore the killed
+    stage from its run cache and never run it again."""
+    close_stale_runs(experiment_id)
+    remove_dead_temporaries(*OUTPUT_ROOTS)
+
+
+def check_own_store(root: Path | None = None) -> None:
+    """The project's own store (mlflow.db) must keep its artifacts inside the project: in a copy
+    (`cp -a project copy`) its absolute artifact URIs still name the original's mlartifacts/, and
+    runs of the copy would be written there."""
+    root = (root or project_root()).resolve()
+    database = root / "mlflow.db"
+    if not database.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+            locations = [row[0] for row in db.execute("SELECT artifact_location FROM experiments")]
+    except sqlite3.Error:  # not an MLflow store yet, or busy: MLflow itself reports that
+        return
+    other = foreign_root(locations, root)
+    if other is not None:
+        raise PipelineError(
+            f"{database}: artifacts go to {other}, not this project (copied from it?): run "
+            "`python -m pipeline.restore --adopt-store` to use this copy's mlartifacts/, or set MLFLOW_TRACKING_URI"
+        )
+
+
+def foreign_root(locations: list[str], root: Path) -> Path | None:
+    """The other project that local artifact locations name (the folder holding their
+    mlartifacts/ or mlruns/), None if they are all inside `root` (or remote, or relative)."""
+    for location in filter(None, locations):
+        parsed = urllib.parse.urlparse(location)
+        if parsed.scheme not in ("", "file") or not (parsed.path or "").startswith("/"):
+            continue
+        path = Path(urllib.parse.unquote(parsed.path)).resolve()
+        if path.is_relative_to(root):
+            continue
+        for parent in path.parents:
+            if path.relative_to(parent).parts[0] in (ARTIFACTS_DIR, "mlruns"):
+                return parent
+        return path
+    return None
+
+
+def find_model_run(directory: str | Path, stage: str) -> str:
+    """The newest finished run of `stage` that saved exactly the model in `directory` (its
+    model_md5 tag): the model directory itself names no run, so an identical retrain leaves its
+    hash, and everything downstream, unchanged."""
+    from mlflow.tracking import MlflowClient
+
+    digest = path_md5(directory)
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(
+        experiments, filter_string=f"tags.{MODEL_TAG} = '{digest}' and tags.dvc_stage = '{stage}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    ) if experiments else []
+    if not found:
+        raise PipelineError(f"{directory}: no finished MLflow run of {stage} saved this model in {tracking_uri()} "
+                            f"(run `dvc repro -f -s {stage}`)")
+    return found[0].info.run_id
 
 
 @contextlib.contextmanager
@@ -195,7 +241,7 @@ def training_run(experiment: str, model: str, stage: str, params: dict, deps: li
     import mlflow
 
     exp = setup(experiment)
-    close_stale_runs(exp.experiment_id, stage)
+    clean_up_dead_processes(exp.experiment_id)
     with mlflow.start_run(run_name=model, tags=run_tags(stage, deps)) as run:
         mlflow.log_params({k: ("None" if v is None else v) for k, v in params.items()})
         yield run.info.run_id
@@ -206,6 +252,7 @@ def reopen_run(run_id: str):
     import mlflow
 
     mlflow.set_tracking_uri(checked_tracking_uri())
+    clean_up_dead_processes(mlflow.get_run(run_id).info.experiment_id)
     run = mlflow.start_run(run_id=run_id)
     try:
         mlflow.set_tags(process_tags())  # RUNNING again, now held by this process

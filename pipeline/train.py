@@ -1,7 +1,8 @@
 """Stage train@<model>: fit one model of the registry, save it, and record the run in MLflow.
 
-Outputs: data/models/<model>/ (the raw-text model, see classifier.py, and run.json with the MLflow
-run id), metrics/train/<model>.json and metrics/history/<model>.csv (per-epoch, for dvc plots).
+Outputs: data/models/<model>/ (the raw-text model, see classifier.py; no run id, so an identical
+retrain leaves its hash unchanged: the run carries the model's md5 as a tag), metrics/train/<model>.json
+(with the MLflow run id) and metrics/history/<model>.csv (per-epoch, for dvc plots).
 """
 from __future__ import annotations
 
@@ -215,7 +216,7 @@ def flat_params(cfg: dict) -> dict:
 def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     import mlflow
 
-    from .tracking import checked_tracking_uri, log_classifier, log_splits, training_run
+    from .tracking import MODEL_TAG, checked_tracking_uri, log_classifier, log_splits, path_md5, training_run
 
     cfg = load_config(name, params_file)
     spec = get_spec(name)
@@ -234,7 +235,7 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
                 mlflow.log_metrics({k: v for k, v in result["history"][0].items() if k != "epoch"}, step=0)
             report = summary(name, result, run_id)
             mlflow.log_metrics({"best_val_accuracy": report["val_accuracy"], "train_seconds": report["train_seconds"]})
-            write_json(tmp / "run.json", {"run_id": run_id, "tracking_uri": mlflow.get_tracking_uri()})
+            mlflow.set_tag(MODEL_TAG, path_md5(tmp))
             val_text = pd.read_parquet(PREPARED / "val.parquet")["text"].head(2).tolist()
             log_classifier(tmp, result["classes"], val_text)
         write_json(METRICS / f"{name}.json", report)

@@ -200,6 +200,29 @@ def dvc_status(repo: Path, env: dict) -> dict:
     return json.loads(run(["dvc", "status", "--json"], repo, env).stdout or "{}")
 
 
+def workspace(repo: Path) -> dict[str, dict]:
+    """What a failed stage, then `python -m pipeline.restore`, must give back byte for byte:
+    data/, metrics/ and dvc.lock."""
+    return {p: tree_digest(repo / p) for p in ("data", "metrics", "dvc.lock")}
+
+
+def restore(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """The one command the docs give after a failed stage."""
+    return run([sys.executable, "-m", "pipeline.restore", *args], repo, env)
+
+
+def assert_restored(repo: Path, env: dict, before: dict[str, dict]) -> None:
+    """`python -m pipeline.restore` brings the workspace back: `dvc status` clean, every output
+    (the `cache: false` metrics too) as it was, no temporaries."""
+    proc = restore(repo, env)
+    assert dvc_status(repo, env) == {}, proc.stdout + proc.stderr
+    after = workspace(repo)
+    for path in before:
+        assert sorted(after[path]) == sorted(before[path]), path
+        assert after[path] == before[path], path
+    assert temporaries(repo / "data") == [] and temporaries(repo / "metrics") == []
+
+
 def ran_stages(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 

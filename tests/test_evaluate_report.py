@@ -240,7 +240,13 @@ def test_evaluate_stage_on_a_small_model(tmp_path, monkeypatch, sklearn_model, m
     name = "tfidf_logreg"
     shutil.copytree(sklearn_model, tmp_path / "data/models" / name)
     run_id = mlflow_env["runs"][0]
-    (tmp_path / "data/models" / name / "run.json").write_text(json.dumps({"run_id": run_id}))
+    from pipeline.tracking import MODEL_TAG, path_md5
+
+    # evaluate finds the run that saved this very model by its md5 tag (a newer run, another
+    # stage's or another model's, does not match)
+    MlflowClient().set_tag(run_id, MODEL_TAG, path_md5(tmp_path / "data/models" / name))
+    MlflowClient().set_tag(run_id, "dvc_stage", f"train@{name}")
+    MlflowClient().set_tag(mlflow_env["runs"][1], "dvc_stage", f"train@{name}")
     test = tiny_corpus()
     test.loc[0, "text"] = "engine car brake"  # one comp.graphics document that reads like rec.autos
     Path("data/prepared").mkdir(parents=True)

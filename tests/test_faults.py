@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from faultkit import (
     DATA_STAGES,
     assert_one_line_error,
+    assert_restored,
     closed_port,
     commit,
     dvc_status,
@@ -33,6 +35,7 @@ from faultkit import (
     mlflow_client,
     mount_namespaces,
     ran_stages,
+    restore,
     run_stage,
     sqlite_uri,
     stage_dir,
@@ -41,6 +44,7 @@ from faultkit import (
     tiny_project,
     tree_digest,
     wait_for,
+    workspace,
 )
 from tiny import ROOT, run
 
@@ -110,10 +114,40 @@ def test_close_stale_runs_spares_live_processes(tmp_path, monkeypatch):
         status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
         assert status == {"live": "RUNNING", "dead": "KILLED", "reused": "KILLED", "legacy": "KILLED",
                           "remote_recent": "RUNNING", "remote_old": "KILLED"}
-        assert client.get_run(other).info.status == "RUNNING"  # another stage's run is not ours to close
+        assert client.get_run(other).info.status == "RUNNING"  # another stage's run is not this call's to close
         assert tracking.close_stale_runs(exp, stage) == 0
+        assert tracking.close_stale_runs(exp) == 1  # any stage's: the other one
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+# ---------------------------------------------------------------- failures under `dvc repro`
+
+
+@pytest.mark.parametrize("key, value", [("prepare.val_fraction", 0.9), ("train.cbow.epochs", -1)])
+def test_bad_params_stop_repro_before_any_output_is_deleted(project, key, value):
+    """check_params runs first: DVC deletes no output of the stages the bad value is for."""
+    repo, env = project["repo"], project["env"]
+    params_file = repo / "params.yaml"
+    good = params_file.read_text()
+    before = workspace(repo)
+    params = yaml.safe_load(good)
+    section, *inner, last = key.split(".")
+    node = params[section]
+    for part in inner:
+        node = node[part]
+    node[last] = value
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = run(["dvc", "repro"], repo, env, check=False)
+        assert proc.returncode != 0
+        assert ran_stages(proc.stdout) == {"check_params"}, proc.stdout
+        [line] = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert line.startswith(f"error: params.yaml: {key} = {value}: expected"), line
+        assert workspace(repo) == before  # every output, metrics and dvc.lock untouched
+    finally:
+        params_file.write_text(good)
+    assert dvc_status(repo, env) == {}  # nothing to restore
 
 
 # ---------------------------------------------------------------- an exception inside training
@@ -121,6 +155,7 @@ def test_close_stale_runs_spares_live_processes(tmp_path, monkeypatch):
 
 def test_exception_in_training_fails_run_and_stage(project):
     repo, env, base = project["repo"], project["env"], project["base"]
+    whole = workspace(repo)
     before = upstream_digests(repo)
     proc = run(["dvc", "repro", "-f", "-s", "train@cbow"], repo, fault_env(env, base, "raise:1"), check=False)
     assert proc.returncode != 0, proc.stdout[-2000:]
@@ -136,6 +171,7 @@ def test_exception_in_training_fails_run_and_stage(project):
     assert upstream_digests(repo) == before  # earlier outputs and dvc.lock intact
     status = dvc_status(repo, env)
     assert "train@cbow" in status and not set(status) & {*DATA_STAGES, "train@tfidf_logreg"}, status
+    assert_restored(repo, env, whole)
 
 
 # ---------------------------------------------------------------- unreachable tracking server
@@ -145,6 +181,7 @@ def test_unreachable_tracking_server_fails_fast_in_one_line(project):
     repo, env = project["repo"], project["env"]
     uri = f"http://127.0.0.1:{closed_port()}"
     lock = (repo / "dvc.lock").read_bytes()
+    before = workspace(repo)
     start = time.monotonic()
     proc = run(["dvc", "repro", "-f", "-s", "train@tfidf_logreg"], repo, {**env, "MLFLOW_TRACKING_URI": uri},
                check=False, timeout=120)
@@ -159,6 +196,42 @@ def test_unreachable_tracking_server_fails_fast_in_one_line(project):
     assert not (repo / "metrics/train/tfidf_logreg.json").exists()
     no_leftovers(repo)
     assert (repo / "dvc.lock").read_bytes() == lock
+    assert_restored(repo, env, before)
+
+
+def test_broken_archive_then_restore(project):
+    """The mirror's archive is damaged: fetch_corpus fails in one line, DVC has deleted data/raw;
+    restore brings it back."""
+    repo, env = project["repo"], project["env"]
+    archive = Path(env["NEWSGROUPS_MIRROR"]) / "20news-bydate.tar.gz"
+    good = archive.read_bytes()
+    before = workspace(repo)
+    archive.write_bytes(good[: len(good) // 2])
+    try:
+        proc = run(["dvc", "repro", "-f", "-s", "fetch_corpus"], repo, env, check=False)
+    finally:
+        archive.write_bytes(good)
+    assert proc.returncode != 0
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert str(archive) in line, line
+    assert not (repo / "data/raw/20news-bydate.tar.gz").exists()
+    assert_restored(repo, env, before)
+
+
+def test_empty_glove_then_restore(project):
+    repo, env = project["repo"], project["env"]
+    glove = Path(yaml.safe_load((repo / "params.yaml").read_text())["fetch_glove"]["source"])
+    good = glove.read_bytes()
+    before = workspace(repo)
+    glove.write_bytes(b"")
+    try:
+        proc = run(["dvc", "repro", "-f", "-s", "fetch_glove"], repo, env, check=False)
+    finally:
+        glove.write_bytes(good)
+    assert proc.returncode != 0
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [f"error: {glove}: no vectors found"]
+    assert not (repo / "data/glove").exists()
+    assert_restored(repo, env, before)
 
 
 def test_http_retries_are_bounded():
@@ -211,19 +284,76 @@ def test_sigkill_mid_epoch_then_repro_recovers(project):
     assert client.get_run(killed.info.run_id).info.status == "RUNNING"
     assert "train@cbow" in dvc_status(repo, env)  # DVC does not take it as up to date: repro reruns it
 
-    # the next repro (a full one: the second run of the determinism test) completes correctly
-    proc = run(["dvc", "repro", "-f"], repo, env)
-    assert "train@cbow" in ran_stages(proc.stdout)
-    project["second_metrics"] = metrics_snapshot(repo)
-    no_leftovers(repo)  # the dead writer's temporary is gone
+    # the rerun comes from DVC's run cache: no stage of the pipeline runs, the killed run stays
+    # RUNNING and the temporary stays, but it counts in no stage's hash (.dvcignore)
+    proc = run(["dvc", "repro", "train@cbow"], repo, env)
+    assert ran_stages(proc.stdout) == set() and "train@cbow' is cached" in proc.stdout, proc.stdout
+    assert client.get_run(killed.info.run_id).info.status == "RUNNING"
+    assert dvc_status(repo, env) == {}
+    # what the docs give after a failure clears both (as does any stage that talks to MLflow)
+    proc = restore(repo, env)
+    assert "1 killed MLflow runs closed" in proc.stdout, proc.stdout
+    no_leftovers(repo)
     killed_now = client.get_run(killed.info.run_id).info
     assert killed_now.status == "KILLED" and killed_now.end_time
-    latest = stage_runs(client, EXPERIMENT, "train@cbow")[-1]
-    assert latest.info.run_id != killed.info.run_id and latest.info.status == "FINISHED"
     exp = client.get_experiment_by_name(EXPERIMENT)
     assert client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'") == []
     assert dvc_status(repo, env) == {}
     assert (repo / "data/models/cbow/meta.json").is_file()
+
+
+def locked_md5(repo: Path, path: str) -> str:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return next(out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", []) if out["path"] == path)
+
+
+def test_identical_retrain_reruns_nothing_downstream(project):
+    """The model directory holds no run id: a forced retrain with the same weights leaves its hash
+    as it was, so only report (which lists the new run) is out of date."""
+    repo, env = project["repo"], project["env"]
+    client = mlflow_client(project["uri"])
+    for name in MODELS:
+        model = locked_md5(repo, f"data/models/{name}")
+        old_run = json.loads((repo / f"metrics/train/{name}.json").read_text())["mlflow_run_id"]
+        proc = run(["dvc", "repro", "-f", "-s", f"train@{name}"], repo, env)
+        assert ran_stages(proc.stdout) == {f"train@{name}"}
+        assert not (repo / f"data/models/{name}/run.json").exists()
+        assert locked_md5(repo, f"data/models/{name}") == model, name
+        assert set(dvc_status(repo, env)) == {"report"}
+        new_run = json.loads((repo / f"metrics/train/{name}.json").read_text())["mlflow_run_id"]
+        assert new_run != old_run and client.get_run(new_run).info.status == "FINISHED"
+        assert client.get_run(new_run).data.tags["model_md5"] == client.get_run(old_run).data.tags["model_md5"]
+    proc = run(["dvc", "repro"], repo, env)
+    assert ran_stages(proc.stdout) == {"report"}
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert {m: summary["models"][m]["mlflow_run_id"] for m in MODELS} == {
+        m: json.loads((repo / f"metrics/train/{m}.json").read_text())["mlflow_run_id"] for m in MODELS}
+
+
+def test_a_copied_project_does_not_write_into_the_original(project):
+    """`cp -a project copy`: the copy's mlflow.db names the original's mlartifacts/. A stage that
+    would log there stops in one line saying what to do; after that, the copy logs to its own."""
+    repo, env, base = project["repo"], project["env"], project["base"]
+    copy = base / "copy"
+    subprocess.run(["cp", "-a", str(repo), str(copy)], check=True)
+    original = {p: tree_digest(repo / p) for p in ("mlartifacts", "mlflow.db")}
+    proc = run(["dvc", "repro", "-f", "-s", "train@tfidf_logreg"], copy, env, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: {copy / 'mlflow.db'}: artifacts go to {repo}, not this project"), line
+    assert "python -m pipeline.restore --adopt-store" in line
+    restore(copy, env)  # the failed stage's outputs back
+    assert dvc_status(copy, env) == {}
+    assert "now keeps artifacts in" in restore(copy, env, "--adopt-store").stdout
+    run(["dvc", "repro", "-f", "-s", "train@tfidf_logreg"], copy, env)
+    run(["dvc", "repro"], copy, env)  # report registers the champion in the copy's store
+    assert {p: tree_digest(repo / p) for p in ("mlartifacts", "mlflow.db")} == original
+    new_run = json.loads((copy / "metrics/train/tfidf_logreg.json").read_text())["mlflow_run_id"]
+    assert list((copy / "mlartifacts").rglob(new_run)), "the copy's run has no artifacts in the copy"
+    copied = mlflow_client(sqlite_uri(copy))
+    exp = copied.get_experiment_by_name(EXPERIMENT)
+    uris = [r.info.artifact_uri for r in copied.search_runs([exp.experiment_id], max_results=1000)]
+    assert uris and all(u.startswith((copy / "mlartifacts").as_uri() + "/") for u in uris), uris
 
 
 # ---------------------------------------------------------------- determinism

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -120,7 +121,9 @@ def check_common(run, name: str, report: dict, project: dict) -> None:
     assert tags["git_dirty"] in ("true", "false")
     assert run.data.metrics["best_val_accuracy"] == report["val_accuracy"]
     assert report["mlflow_run_id"] == run.info.run_id
-    assert json.loads(Path(f"data/models/{name}/run.json").read_text())["run_id"] == run.info.run_id
+    assert not Path(f"data/models/{name}/run.json").exists()  # a run id would change the model's hash
+    assert tags["model_md5"] == tracking.path_md5(f"data/models/{name}")
+    assert tracking.find_model_run(f"data/models/{name}", f"train@{name}") == run.info.run_id
     assert json.loads(Path(f"metrics/train/{name}.json").read_text()) == report
 
 
@@ -251,16 +254,38 @@ def test_close_stale_runs(in_project):
         assert mlflow_client.get_run(stale.info.run_id).info.status == "KILLED"
         assert mlflow_client.get_run(other.info.run_id).info.status == "RUNNING"
         assert tracking.close_stale_runs(exp, "train@ghost") == 0
+        mine = mlflow_client.create_run(exp, run_name="a user's own run")  # not the pipeline's
+        assert tracking.close_stale_runs(exp) == 1  # every stage's
+        assert mlflow_client.get_run(other.info.run_id).info.status == "KILLED"
+        assert mlflow_client.get_run(mine.info.run_id).info.status == "RUNNING"
+        mlflow_client.set_terminated(mine.info.run_id)
     finally:
         mlflow_client.set_terminated(other.info.run_id, status="KILLED")
 
 
-def test_training_run_closes_stale_runs_of_its_stage(in_project):
+def test_training_run_cleans_up_after_killed_stages(in_project):
+    """Whichever stage was killed (DVC may restore it from its run cache and never run it again):
+    its run is closed and its temporaries removed; a live writer's temporary stays."""
     mlflow_client = client()
     exp = in_project["experiment_id"]
     stale = mlflow_client.create_run(exp, tags={"dvc_stage": "train@phantom"}, run_name="phantom")
-    with tracking.training_run(EXPERIMENT, "phantom", "train@phantom", {"a": 1, "b": None}, ["data/prepared"]) as run_id:
-        assert mlflow_client.get_run(stale.info.run_id).info.status == "KILLED"
+    elsewhere = mlflow_client.create_run(exp, tags={"dvc_stage": "train@killed"}, run_name="killed")
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead = Path(f"data/models/.killed.tmp{child.pid}.abc")
+    (dead / "sub").mkdir(parents=True)
+    dead_file = Path(f"metrics/train/.killed.json.tmp{child.pid}.x")
+    dead_file.parent.mkdir(parents=True, exist_ok=True)
+    dead_file.write_text("{")
+    live = Path(f"data/models/.other.tmp{os.getppid()}.abc")
+    live.mkdir()
+    try:
+        with tracking.training_run(EXPERIMENT, "phantom", "train@phantom", {"a": 1, "b": None}, ["data/prepared"]) as run_id:
+            assert mlflow_client.get_run(stale.info.run_id).info.status == "KILLED"
+            assert mlflow_client.get_run(elsewhere.info.run_id).info.status == "KILLED"
+            assert not dead.exists() and not dead_file.exists() and live.is_dir()
+    finally:
+        live.rmdir()
     run = mlflow_client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"a": "1", "b": "None"}
     assert run.data.tags["dep_md5.data/prepared"] == tracking.path_md5("data/prepared")

@@ -196,6 +196,7 @@ def make_project(base: Path, models: list[str]) -> tuple[Path, dict]:
     env = project_env(mirror)
     run(["git", "init", "-q"], repo, env)
     run(["dvc", "init", "-q"], repo, env)
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")  # after init, which writes its own
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "tiny project"], repo, env)
     return repo, env
