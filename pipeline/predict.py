@@ -211,9 +211,14 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+
+
+def import_serving() -> None:
+    """The pyfunc wrapper (and MLflow, seconds to import), for MLflow models only: imported
+    here, unpickling the model finds it loaded."""
     with warnings.catch_warnings():  # MLflow warns on defining the pyfunc class, its own filter
         warnings.showwarning = lambda *args, **kwargs: None  # overriding ours: drop the display
-        from . import serving  # noqa: F401  (imported here, unpickling the model finds it loaded)
+        from . import serving  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -317,6 +322,7 @@ def load_mlflow(model_uri: str, tracking: str | None = None) -> Predictor:
     from .tracking import tracking_uri
 
     quiet_libraries()
+    import_serving()
     store = tracking or tracking_uri()
     if model_uri.startswith(("models:/", "runs:/")):
         check_store(store)
