@@ -6,14 +6,16 @@ all go through `Classifier`, so what is evaluated is exactly what is served.
 """
 from __future__ import annotations
 
+import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .common import PipelineError, read_json, write_json
+from .common import PipelineError, read_json, silenced_fd2, write_json
 
 META = "meta.json"
 SKLEARN_MODEL = "model.pkl"  # a scikit-learn Pipeline taking raw text
@@ -116,8 +118,18 @@ def keras_graph(model, vectorizer):
     document, more than any model. Keras `predict` would build a tf.data pipeline and trace its
     function again on each call."""
 
+    import tensorflow as tf
+
+    masked = any(getattr(layer, "mask_zero", False) for layer in model.layers)
+
     def graph(texts):
-        return model(vectorizer(texts), training=False)
+        ids = vectorizer(texts)
+        if masked:
+            # The model masks padding (id 0, after a row's tokens): columns holding nothing else
+            # change no probability, and cost most of the time for short documents.
+            width = tf.reduce_max(tf.math.count_nonzero(ids, axis=1, dtype=tf.int32))
+            ids = ids[:, : tf.maximum(width, 1)]
+        return model(ids, training=False)
 
     return graph
 
@@ -133,9 +145,13 @@ def run_batches(call, texts: list[str], batch_size: int) -> list[np.ndarray]:
     """`call` on `texts` in batches (bounded memory): its output(s) as arrays, batches joined."""
     import tensorflow as tf
 
-    outs = [call(tf.constant(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+    # texts of similar lengths batched together: less padding for masked models to cut
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    ordered = [texts[i] for i in order]
+    outs = [call(tf.constant(ordered[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
     outs = [out if isinstance(out, (list, tuple)) else [out] for out in outs]
-    return [np.concatenate([np.asarray(out[j]) for out in outs]) for j in range(len(outs[0]))]
+    joined = [np.concatenate([np.asarray(out[j]) for out in outs]) for j in range(len(outs[0]))]
+    return [array[np.argsort(order)] for array in joined]
 
 
 class Classifier:
@@ -148,12 +164,16 @@ class Classifier:
                 self.model = pickle.load(handle)
             self.steps = sklearn_steps(self.model)
         elif self.kind == "keras":
-            import keras
-
             from .models import custom_objects
             from .tokenize import make_vectorizer
 
-            self.model = keras.saving.load_model(self.directory / "model.keras", custom_objects=custom_objects())
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            # TensorFlow's C++ side writes notices to file descriptor 2 on import and device set-up
+            # (no CUDA driver, oneDNN), whatever the log level; errors still raise
+            with silenced_fd2():
+                import keras
+
+                self.model = keras.saving.load_model(self.directory / "model.keras", custom_objects=custom_objects())
             text = meta["text"]
             self.vectorizer = make_vectorizer(read_json(self.directory / "vocab.json"), text["max_len"], text["standardize"])
             self.graph = keras_graph(self.model, self.vectorizer)
@@ -164,10 +184,12 @@ class Classifier:
             # the Keras members in one graph: one call a batch, and TensorFlow runs them side by side
             graphs = [m.graph for m in self.members if m.kind == "keras"]
             self.call = traced(lambda texts: [g(texts) for g in graphs]) if graphs else None
+            # that graph runs in this thread (TensorFlow releases the GIL) while the others predict
+            self.worker = ThreadPoolExecutor(1) if graphs else None
         else:
             raise PipelineError(f"{self.directory / META}: unknown model kind {self.kind!r}")
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
@@ -182,8 +204,10 @@ class Classifier:
                 return self.steps[-1].predict_proba(x).astype(np.float32)
         if self.kind == "keras":
             return run_batches(self.call, texts, batch_size)[0].astype(np.float32)
-        graphed = iter(run_batches(self.call, texts, batch_size) if self.call else [])
-        probs = [(next(graphed) if m.kind == "keras" else m.predict_proba(texts, batch_size)).astype(np.float64) for m in self.members]
+        graphed = self.worker.submit(run_batches, self.call, texts, batch_size) if self.call else None
+        others = {i: m.predict_proba(texts, batch_size) for i, m in enumerate(self.members) if m.kind != "keras"}
+        keras_probs = iter(graphed.result() if graphed else [])
+        probs = [(others[i] if i in others else next(keras_probs)).astype(np.float64) for i in range(len(self.members))]
         return pool(probs, self.weights, self.pooling).astype(np.float32)
 
     def predict_frame(self, texts: Sequence[str]) -> pd.DataFrame:
