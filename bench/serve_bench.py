@@ -236,7 +236,7 @@ def bench_model(model: str, args, uri: str, singles: list[list[str]], batches: l
         shares = member_shares(directory, singles, args.warmup, args.max_seconds)
         if shares:
             result["member_single_p50_ms"] = shares
-    if args.cli:
+    if args.cli is not None and (not args.cli or model in args.cli):
         result["cli"] = cli_seconds(model, singles[0][0][:2000], {**os.environ, "MLFLOW_TRACKING_URI": uri})
     return result
 
@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed requests before each scenario")
     p.add_argument("--max-seconds", type=float, default=300, help="time budget per scenario")
     p.add_argument("--url", default=None, help="an already running scoring server on the loopback (none is started; one model)")
-    p.add_argument("--cli", action="store_true", help="also time `python -m pipeline.predict -m MODEL TEXT` (median of 3)")
+    p.add_argument("--cli", nargs="*", default=None, metavar="MODEL",
+                   help="also time `python -m pipeline.predict -m MODEL TEXT` (median of 3) for these models (none given: all)")
     p.add_argument("--timeout", type=float, default=900, help="seconds for the server to start and per request")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "metrics/serve_bench.json"))
@@ -278,6 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     models = args.model or [default_model_uri()]
     load = os.getloadavg()
     results = {}
+
+    def write() -> None:  # after each model: an interrupted run keeps the models done
+        write_json(args.out, {
+            "models": results,
+            "data": str(args.data),
+            "batch_size": args.batch_size,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                        "load_average_before": [round(x, 2) for x in load],
+                        "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+
     try:
         texts = load_texts(Path(args.data), max(args.singles, args.batches * args.batch_size, args.big_batches * BIG_BATCH), args.seed)
         singles = [[t] for t in texts[: args.singles]]
@@ -288,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         batches, big = batched(args.batch_size, args.batches), batched(BIG_BATCH, args.big_batches)
         for model in models:
             results[model] = bench_model(model, args, uri, singles, batches, big)
+            write()
             print(f"\n{model}\n{table(results[model]['results'])}")
             print(f"label agreement served vs in-process: {results[model]['label_agreement']}"
                   + (f"; members' single p50 ms: {results[model]['member_single_p50_ms']}" if "member_single_p50_ms" in results[model] else "")
@@ -295,16 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineError, BenchError, RuntimeError) as exc:
         print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 1
-
-    result = {
-        "models": results,
-        "data": str(args.data),
-        "batch_size": args.batch_size,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "load_average_before": [round(x, 2) for x in load], "load_average_after": [round(x, 2) for x in os.getloadavg()]},
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json(args.out, result)
     print(f"written to {args.out}")
     return 0
 

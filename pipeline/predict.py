@@ -215,9 +215,7 @@ def quiet_libraries() -> None:
 def import_serving() -> None:
     """The pyfunc wrapper (and MLflow, seconds to import), for MLflow models only: imported
     here, unpickling the model finds it loaded."""
-    with warnings.catch_warnings():  # MLflow warns on defining the pyfunc class, its own filter
-        warnings.showwarning = lambda *args, **kwargs: None  # overriding ours: drop the display
-        from . import serving  # noqa: F401
+    from . import serving  # noqa: F401
 
 
 def registry_defaults() -> tuple[str, str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import mlflow.pyfunc
 import pandas as pd
@@ -32,11 +33,16 @@ def texts_of(model_input) -> list[str]:
     return values
 
 
-class NewsgroupsModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context):
-        from pipeline.classifier import Classifier
+with warnings.catch_warnings():
+    # MLflow asks each PythonModel subclass for type hints as it is defined, on stderr and past any
+    # warning filter: this one takes texts in several shapes and checks them itself (texts_of)
+    warnings.showwarning = lambda *args, **kwargs: None
 
-        self.classifier = Classifier(context.artifacts["model_dir"])
+    class NewsgroupsModel(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            from pipeline.classifier import Classifier
 
-    def predict(self, context, model_input, params=None):
-        return self.classifier.predict_frame(texts_of(model_input))
+            self.classifier = Classifier(context.artifacts["model_dir"])
+
+        def predict(self, context, model_input, params=None):
+            return self.classifier.predict_frame(texts_of(model_input))
