@@ -7,14 +7,16 @@ all go through `Classifier`, so what is evaluated is exactly what is served.
 from __future__ import annotations
 
 import json
+import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .common import PipelineError, read_json, write_json
+from .common import PipelineError, read_json, silenced_fd2, write_json
 
 META = "meta.json"
 SKLEARN_MODEL = "model.pkl"  # a scikit-learn Pipeline taking raw text
@@ -124,6 +126,65 @@ def read_ensemble(directory: Path) -> tuple[list[str], np.ndarray, str, list[str
     return list(meta["members"]), np.asarray(meta["weights"], dtype=np.float64), pooling, list(meta["classes"])
 
 
+def sklearn_steps(pipeline) -> list:
+    """A fitted Pipeline's steps, nested pipelines flattened, ready to be called one by one.
+
+    For one document, scikit-learn's Pipeline bookkeeping (tags, routing, output wrappers) cost
+    more than the model; the steps alone do the same arithmetic. The linear models compute
+    X @ coef_.T, and scipy copies a transposed C-ordered coef_ on every call (20 x 368k floats
+    for tfidf_logreg: 10 ms a document): stored in Fortran order, coef_.T is used as it is."""
+    steps = []
+    for step in getattr(pipeline, "steps", None) or [(None, pipeline)]:
+        steps += sklearn_steps(step[1]) if hasattr(step[1], "steps") else [step[1]]
+    for attr in ("coef_", "feature_log_prob_"):
+        if isinstance(getattr(steps[-1], attr, None), np.ndarray):
+            setattr(steps[-1], attr, np.asfortranarray(getattr(steps[-1], attr)))
+    return steps
+
+
+def keras_graph(model, vectorizer):
+    """Raw texts (a string tensor) -> probabilities, as a function for tf.function to trace.
+
+    The vectorizer runs inside the graph: called eagerly, TextVectorization took 9 ms a
+    document, more than any model. Keras `predict` would build a tf.data pipeline and trace its
+    function again on each call."""
+
+    import tensorflow as tf
+
+    masked = any(getattr(layer, "mask_zero", False) for layer in model.layers)
+
+    def graph(texts):
+        ids = vectorizer(texts)
+        if masked:
+            # The model masks padding (id 0, after a row's tokens): columns holding nothing else
+            # change no probability, and cost most of the time for short documents.
+            width = tf.reduce_max(tf.math.count_nonzero(ids, axis=1, dtype=tf.int32))
+            ids = ids[:, : tf.maximum(width, 1)]
+        return model(ids, training=False)
+
+    return graph
+
+
+def traced(function):
+    """`function` traced once for a batch of strings of any size: no retracing per request."""
+    import tensorflow as tf
+
+    return tf.function(function, input_signature=[tf.TensorSpec([None], tf.string)])
+
+
+def run_batches(call, texts: list[str], batch_size: int) -> list[np.ndarray]:
+    """`call` on `texts` in batches (bounded memory): its output(s) as arrays, batches joined."""
+    import tensorflow as tf
+
+    # texts of similar lengths batched together: less padding for masked models to cut
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    ordered = [texts[i] for i in order]
+    outs = [call(tf.constant(ordered[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+    outs = [out if isinstance(out, (list, tuple)) else [out] for out in outs]
+    joined = [np.concatenate([np.asarray(out[j]) for out in outs]) for j in range(len(outs[0]))]
+    return [array[np.argsort(order)] for array in joined]
+
+
 class Classifier:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -132,34 +193,53 @@ class Classifier:
         if self.kind == "sklearn":
             with open(self.directory / SKLEARN_MODEL, "rb") as handle:
                 self.model = pickle.load(handle)
+            self.steps = sklearn_steps(self.model)
         elif self.kind == "keras":
-            import keras
-
             from .models import custom_objects
             from .tokenize import make_vectorizer
 
-            self.model = keras.saving.load_model(self.directory / "model.keras", custom_objects=custom_objects())
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            # TensorFlow's C++ side writes notices to file descriptor 2 on import and device set-up
+            # (no CUDA driver, oneDNN), whatever the log level; errors still raise
+            with silenced_fd2():
+                import keras
+
+                self.model = keras.saving.load_model(self.directory / "model.keras", custom_objects=custom_objects())
             text = meta["text"]
             self.vectorizer = make_vectorizer(read_json(self.directory / "vocab.json"), text["max_len"], text["standardize"])
+            self.graph = keras_graph(self.model, self.vectorizer)
+            self.call = traced(self.graph)
         elif self.kind == "ensemble":
             members, self.weights, self.pooling, _ = read_ensemble(self.directory)
             self.members = [Classifier(self.directory / m) for m in members]
+            # the Keras members in one graph: one call a batch, and TensorFlow runs them side by side
+            graphs = [m.graph for m in self.members if m.kind == "keras"]
+            self.call = traced(lambda texts: [g(texts) for g in graphs]) if graphs else None
+            # that graph runs in this thread (TensorFlow releases the GIL) while the others predict
+            self.worker = ThreadPoolExecutor(1) if graphs else None
         else:
             raise PipelineError(f"{self.directory / META}: unknown model kind {self.kind!r}")
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         if self.kind == "sklearn":
-            return self.model.predict_proba(texts).astype(np.float32)
-        if self.kind == "ensemble":
-            probs = [m.predict_proba(texts, batch_size).astype(np.float64) for m in self.members]
-            return pool(probs, self.weights, self.pooling).astype(np.float32)
-        from .tokenize import encode, id_batches
+            from sklearn import config_context
 
-        ids = encode(self.vectorizer, texts)
-        return np.asarray(self.model.predict(id_batches(ids, batch_size), verbose=0), dtype=np.float32)
+            # the inputs are texts: no NaN to look for, and the fitted parameters were checked
+            with config_context(assume_finite=True, skip_parameter_validation=True):
+                x = texts
+                for step in self.steps[:-1]:
+                    x = step.transform(x)
+                return self.steps[-1].predict_proba(x).astype(np.float32)
+        if self.kind == "keras":
+            return run_batches(self.call, texts, batch_size)[0].astype(np.float32)
+        graphed = self.worker.submit(run_batches, self.call, texts, batch_size) if self.call else None
+        others = {i: m.predict_proba(texts, batch_size) for i, m in enumerate(self.members) if m.kind != "keras"}
+        keras_probs = iter(graphed.result() if graphed else [])
+        probs = [(others[i] if i in others else next(keras_probs)).astype(np.float64) for i in range(len(self.members))]
+        return pool(probs, self.weights, self.pooling).astype(np.float32)
 
     def predict_frame(self, texts: Sequence[str]) -> pd.DataFrame:
         """One row per text: the predicted `label`, then one probability column per group."""

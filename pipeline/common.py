@@ -192,3 +192,23 @@ def remove_quietly(*paths: str | os.PathLike) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+@contextlib.contextmanager
+def silenced_fd2() -> Iterator[None]:
+    """TensorFlow's C++ side logs to file descriptor 2 at import, whatever TF_CPP_MIN_LOG_LEVEL
+    says; hide it while a model loads (Python errors still surface as exceptions)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+

@@ -3,6 +3,7 @@ importing the model registry (report, Keras serving) does not import scikit-lear
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse import csr_matrix
 from sklearn.base import BaseEstimator, TransformerMixin
 
 
@@ -29,4 +30,11 @@ class DocFrequencyFilter(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, x):
-        return x.tocsr()[:, self.columns_]
+        """x[:, columns_] (columns_ is sorted), by binary search of each stored entry's column:
+        scipy's column indexing costs the width of x (2**24 hashed columns, 28 ms for one
+        document), this only its entries."""
+        x = x.tocsr()
+        position = np.searchsorted(self.columns_, x.indices)
+        kept = self.columns_[np.minimum(position, len(self.columns_) - 1)] == x.indices
+        indptr = np.concatenate([[0], np.cumsum(kept)])[x.indptr]
+        return csr_matrix((x.data[kept], position[kept], indptr), shape=(x.shape[0], len(self.columns_)))

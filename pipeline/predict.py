@@ -13,7 +13,6 @@ line on stderr: bad inputs are reported after the others are classified); 2 for 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .common import PipelineError, run_main
+from .common import PipelineError, run_main, silenced_fd2
 
 MAX_INPUT_BYTES = 10 * 1024 * 1024  # 10 MB: per argument, file or stdin
 DEFAULT_REGISTERED_MODEL = "newsgroups-classifier"
@@ -211,28 +210,12 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    with warnings.catch_warnings():  # MLflow warns on defining the pyfunc class, its own filter
-        warnings.showwarning = lambda *args, **kwargs: None  # overriding ours: drop the display
-        from . import serving  # noqa: F401  (imported here, unpickling the model finds it loaded)
 
 
-@contextlib.contextmanager
-def silenced_fd2() -> Iterator[None]:
-    """TensorFlow's C++ side logs to file descriptor 2 at import, whatever TF_CPP_MIN_LOG_LEVEL
-    says; hide it while a model loads (Python errors still surface as exceptions)."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+def import_serving() -> None:
+    """The pyfunc wrapper (and MLflow, seconds to import), for MLflow models only: imported
+    here, unpickling the model finds it loaded."""
+    from . import serving  # noqa: F401
 
 
 def registry_defaults() -> tuple[str, str]:
@@ -317,6 +300,7 @@ def load_mlflow(model_uri: str, tracking: str | None = None) -> Predictor:
     from .tracking import tracking_uri
 
     quiet_libraries()
+    import_serving()
     store = tracking or tracking_uri()
     if model_uri.startswith(("models:/", "runs:/")):
         check_store(store)

@@ -13,7 +13,12 @@ EVAL = Path("metrics/eval")
 SUMMARY_JSON = Path("metrics/summary.json")
 SUMMARY_MD = Path("metrics/summary.md")
 
-SCHEMA = {"registered_model": P.string(), "alias": P.string()}
+SCHEMA = {
+    "registered_model": P.string(),
+    "alias": P.string(),
+    "fast_alias": P.string(),
+    "slow_models": P.list_of(P.string()),
+}
 
 # The params worth a column: what distinguishes one run of a model from another.
 KEY_PARAMS = (
@@ -59,6 +64,14 @@ def champion(rows: list[dict]) -> dict:
     if not rows:
         raise PipelineError("params.yaml: train.models: no models to report")
     return max(rows, key=lambda r: (r["val_accuracy"], -r.get("build_seconds", r["train_seconds"])))
+
+
+def fast_choice(rows: list[dict], slow_models: list[str]) -> dict | None:
+    """The champion among the models that neither are one of `slow_models` nor have one among
+    their members: a declared rule, so the choice does not depend on a timing."""
+    slow = set(slow_models)
+    fast = [r for r in rows if r["model"] not in slow and not slow & set(r["params"].get("members", []))]
+    return champion(fast) if fast else None
 
 
 def markdown(rows: list[dict], best: dict) -> str:
@@ -118,16 +131,24 @@ def main(argv: list[str]) -> None:
     rows = gather(models, all_params)
     best = champion(rows)
     version = register_champion(best["mlflow_run_id"], cfg["registered_model"], cfg["alias"])
+    quick = fast_choice(rows, cfg["slow_models"])
+    fast = {"model": None}
+    if quick is not None:
+        fast = {"model": quick["model"], "alias": cfg["fast_alias"],
+                "version": register_champion(quick["mlflow_run_id"], cfg["registered_model"], cfg["fast_alias"])}
     write_json(
         SUMMARY_JSON,
         {
             "champion": {"model": best["model"], "chosen_by": "val_accuracy", "registered_model": cfg["registered_model"],
                          "alias": cfg["alias"], "version": version},
+            "fast": {**fast, "chosen_by": "val_accuracy", "slow_models": cfg["slow_models"]},
             "models": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows},
         },
     )
     write_text(SUMMARY_MD, markdown(rows, best))
     print(f"report: champion {best['model']} (val {best['val_accuracy']:.4f}) -> models:/{cfg['registered_model']}@{cfg['alias']} v{version}")
+    if quick is not None:
+        print(f"report: fast {quick['model']} (val {quick['val_accuracy']:.4f}) -> models:/{cfg['registered_model']}@{cfg['fast_alias']} v{fast['version']}")
 
 
 if __name__ == "__main__":

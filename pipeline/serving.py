@@ -1,12 +1,17 @@
 """The MLflow pyfunc wrapper: raw text in, label and class probabilities out, nothing else needed."""
 from __future__ import annotations
 
+import math
+import warnings
+
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 
 def texts_of(model_input) -> list[str]:
-    """Accept a DataFrame with a `text` column (or a single column), a Series, a list or a string."""
+    """Accept a DataFrame with a `text` column (or a single column), a Series, a list or a string.
+    A null is an empty text; no text, or anything but strings, is refused (HTTP 400 when served)."""
     if isinstance(model_input, pd.DataFrame):
         column = "text" if "text" in model_input.columns else model_input.columns[0]
         values = model_input[column].tolist()
@@ -16,14 +21,28 @@ def texts_of(model_input) -> list[str]:
         values = [model_input]
     else:
         values = list(model_input)
-    return ["" if v is None else str(v) for v in values]
+    if not values:
+        raise MlflowException.invalid_parameter_value("no inputs: give at least one text")
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            values[i] = ""
+        elif not isinstance(v, str):
+            raise MlflowException.invalid_parameter_value(
+                f"inputs must be strings (texts to classify): item {i} is {type(v).__name__} {v!r}"
+            )
+    return values
 
 
-class NewsgroupsModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context):
-        from pipeline.classifier import Classifier
+with warnings.catch_warnings():
+    # MLflow asks each PythonModel subclass for type hints as it is defined, on stderr and past any
+    # warning filter: this one takes texts in several shapes and checks them itself (texts_of)
+    warnings.showwarning = lambda *args, **kwargs: None
 
-        self.classifier = Classifier(context.artifacts["model_dir"])
+    class NewsgroupsModel(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            from pipeline.classifier import Classifier
 
-    def predict(self, context, model_input, params=None):
-        return self.classifier.predict_frame(texts_of(model_input))
+            self.classifier = Classifier(context.artifacts["model_dir"])
+
+        def predict(self, context, model_input, params=None):
+            return self.classifier.predict_frame(texts_of(model_input))

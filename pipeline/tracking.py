@@ -269,30 +269,36 @@ def pip_requirements() -> list[str]:
     return [f"{n}=={version(n)}" for n in names]
 
 
-def log_classifier(model_dir: Path, classes: list[str], example: list[str], registered_name: str | None = None):
-    """Log a model directory as a pyfunc that takes raw text: a `text` column (or a list of
-    strings) in; `label` and one probability column per group out."""
-    import mlflow
-    import pandas as pd
+def pyfunc_model(model_dir: Path, classes: list[str], example: list[str]) -> dict:
+    """What mlflow.pyfunc's log_model and save_model take to make a model directory a pyfunc that
+    takes raw text: a `text` column (or a list of strings) in; `label` and one probability column
+    per group out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
     from .serving import NewsgroupsModel
 
     signature = ModelSignature(
-        inputs=Schema([ColSpec("string")]),  # unnamed: a list of strings or a one-column frame
+        # unnamed: a list of strings or a one-column frame. `any`, not `string`: MLflow would
+        # turn numbers (and nulls) into strings before the model could refuse them
+        inputs=Schema([ColSpec(AnyType())]),
         outputs=Schema([ColSpec("string", "label")] + [ColSpec("double", c) for c in classes]),
     )
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=NewsgroupsModel(),
-        artifacts={"model_dir": str(model_dir)},
-        code_paths=[str(Path(__file__).resolve().parent)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=pip_requirements(),
-        registered_model_name=registered_name,
-    )
+    return {
+        "python_model": NewsgroupsModel(),
+        "artifacts": {"model_dir": str(model_dir)},
+        "code_paths": [str(Path(__file__).resolve().parent)],
+        "signature": signature,
+        "input_example": example,
+        "pip_requirements": pip_requirements(),
+    }
+
+
+def log_classifier(model_dir: Path, classes: list[str], example: list[str], registered_name: str | None = None):
+    import mlflow
+
+    return mlflow.pyfunc.log_model(name="model", registered_model_name=registered_name, **pyfunc_model(model_dir, classes, example))
 
 
 @functools.cache

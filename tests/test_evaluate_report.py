@@ -88,6 +88,14 @@ def test_champion_tie_between_a_model_and_an_ensemble_goes_to_the_model(tmp_path
     assert report.champion(rows)["model"] == "tfidf_logreg"
 
 
+def test_fast_choice_leaves_out_slow_models_and_ensembles_of_them():
+    rows = [row("enc", 0.95, 0.9), row("ensemble", 0.97, 0.9, members=["enc", "a"]), row("a", 0.90, 0.8), row("b", 0.92, 0.7)]
+    assert report.champion(rows)["model"] == "ensemble"
+    assert report.fast_choice(rows, ["enc"])["model"] == "b"
+    assert report.fast_choice(rows, [])["model"] == "ensemble"  # nothing declared slow: the champion
+    assert report.fast_choice(rows[:2], ["enc"]) is None
+
+
 def test_champion_of_nothing_is_an_error():
     with pytest.raises(PipelineError, match="no models"):
         report.champion([])

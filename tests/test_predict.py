@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -21,8 +22,6 @@ HUMAN = re.compile(r"^(?P<source>.+?): (?P<groups>\S+ \d\.\d\d( \| \S+ \d\.\d\d)
 
 
 def cli(project, *args: str, stdin: str | bytes | None = None, env: dict | None = None):
-    import subprocess
-
     data = stdin.encode() if isinstance(stdin, str) else stdin
     return subprocess.run(
         [sys.executable, "-m", "pipeline.predict", *args], cwd=project.repo, env=env or project.env,
@@ -85,6 +84,51 @@ def test_json_matches_the_model_directory(tiny_trained_project):
         assert [t["group"] for t in record["top"]] == [classes[j] for j in order]
         assert [t["probability"] for t in record["top"]] == pytest.approx([float(probs[j]) for j in order], abs=1e-6)
         assert record["label"] == record["top"][0]["group"]
+
+
+def test_fast_path_gives_the_saved_probabilities(tiny_trained_project):
+    """The Classifier's prediction path (a scikit-learn pipeline's steps called one by one; a Keras
+    model with its vectorizer in one traced graph) gives what the train stage saved on validation
+    from Pipeline.predict_proba and Keras predict, labels exactly, in batches as one at a time,
+    without tracing again; the ensemble pools its members' saved probabilities."""
+    import pandas as pd
+
+    from pipeline.classifier import Classifier, pool, read_ensemble
+
+    repo = tiny_trained_project.repo
+    val = pd.read_parquet(repo / "data/prepared/val.parquet")["text"].tolist()
+    saved = {}
+    for name in tiny_trained_project.models:
+        classifier = Classifier(repo / "data/models" / name)
+        saved[name] = np.load(repo / "data/models" / name / "val_probs.npy")
+        probs = classifier.predict_proba(val, batch_size=4)
+        np.testing.assert_allclose(probs, saved[name], atol=1e-5, err_msg=name)
+        assert (probs.argmax(axis=1) == saved[name].argmax(axis=1)).all(), name
+        singles = np.concatenate([classifier.predict_proba([t]) for t in val[:5]])
+        np.testing.assert_allclose(singles, saved[name][:5], atol=1e-5, err_msg=name)
+        if classifier.kind == "keras":
+            assert classifier.call.experimental_get_tracing_count() == 1  # batches of 4, 2 and 1
+    members, weights, pooling, _ = read_ensemble(repo / "data/ensemble")
+    expected = pool([saved[m].astype(np.float64) for m in members], weights, pooling)
+    np.testing.assert_allclose(Classifier(repo / "data/ensemble").predict_proba(val), expected, atol=1e-5)
+
+
+def test_a_scikit_learn_model_loads_without_tensorflow_or_mlflow(tiny_trained_project):
+    code = ("import sys; from pipeline import predict; predict.main(['-m', 'tfidf_logreg', 'rocket orbit']); "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tiny_trained_project.repo, env=tiny_trained_project.env,
+                          capture_output=True, timeout=600)
+    assert proc.returncode == 0 and text(proc.stderr) == "", text(proc.stderr)
+    assert text(proc.stdout).splitlines()[-1] == "[]"
+
+
+def test_the_fast_alias(tiny_trained_project):
+    """`report` registers beside the champion the best model declared fast (params.yaml report)."""
+    summary = json.loads((tiny_trained_project.repo / "metrics/summary.json").read_text())
+    assert summary["fast"]["alias"] == "fast" and summary["fast"]["model"] in summary["models"]
+    proc = cli(tiny_trained_project, "-m", "models:/newsgroups-classifier@fast", SPACE)
+    assert proc.returncode == 0 and text(proc.stderr) == "", text(proc.stderr)
+    assert groups_of(text(proc.stdout).strip())[0][0] == "sci.space"
 
 
 def test_directory_goes_on_past_bad_files(tiny_trained_project, tmp_path):

@@ -78,24 +78,33 @@ def test_bad_request_is_a_client_error(served):
     assert "error_code" in response.json()
 
 
+@pytest.mark.parametrize("inputs, named", [([1, 2], "item 0 is int"), (["fine", 2.5], "item 1 is float"), ([], "no inputs")])
+def test_inputs_that_are_not_texts_are_a_client_error(served, inputs, named):
+    """MLflow would turn numbers into strings if the signature said `string`: the model refuses them."""
+    response = invoke(served, {"inputs": inputs})
+    assert 400 <= response.status_code < 500, response.text[:2000]
+    assert named in response.json()["message"]
+
+
 def test_benchmark_script_runs_against_the_server(served, tiny_trained_project, tmp_path):
-    """bench/serve_bench.py with tiny counts: its table and JSON for both paths and both modes."""
+    """bench/serve_bench.py with tiny counts: its table and JSON for both paths and every mode."""
     out = tmp_path / "serve_bench.json"
     proc = subprocess.run(
         [sys.executable, "bench/serve_bench.py", "--url", served.url, "--model", CHAMPION,
          "--tracking-uri", tiny_trained_project.tracking_uri,
          "--data", str(tiny_trained_project.repo / "data/prepared/test.parquet"),
-         "--singles", "6", "--batches", "2", "--warmup", "1", "--out", str(out)],
+         "--singles", "6", "--batches", "2", "--big-batches", "1", "--warmup", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=600, env=tiny_trained_project.env_with_store(),
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["models"][CHAMPION]
     rows = {(r["path"], r["mode"]): r for r in result["results"]}
-    assert set(rows) == {("served", "single"), ("served", "batch64"), ("in-process", "single"), ("in-process", "batch64")}
+    assert set(rows) == {("served", "single"), ("served", "batch64"), ("in-process", "single"),
+                         ("in-process", "batch64"), ("in-process", "batch512")}
     for (path, mode), row in rows.items():
-        assert row["requests"] == (6 if mode == "single" else 2) and row["errors"] == 0
+        assert row["requests"] == {"single": 6, "batch64": 2, "batch512": 1}[mode] and row["errors"] == 0
         assert row["requests_per_second"] > 0 and 0 < row["p50_ms"] <= row["p95_ms"]
-    assert rows[("served", "batch64")]["docs"] == 2 * 64
+    assert rows[("served", "batch64")]["docs"] == 2 * 64 and rows[("in-process", "batch512")]["docs"] == 512
     assert result["label_agreement"] == 1.0
     assert "requests/s" in proc.stdout and "p95" in proc.stdout
 
