@@ -1,9 +1,9 @@
 """Encoding speed of minilm_logreg's sentence encoder (pipeline/encoder.py) on the real test split:
 documents per second for float32 and int8 at a few `max_len`, and how far int8 strays from
 float32 (cosine of the two embeddings of each document). Prints a table; run on a quiet machine
-after `dvc repro prepare` (it reads data/prepared/test.parquet by default).
+after `dvc repro prepare fetch_encoder` (it reads data/prepared/test.parquet and data/encoder by default).
 
-    python bench/encoder_speed.py --source package --docs 1024 --max-len 64 128
+    python bench/encoder_speed.py --docs 1024 --max-len 64 128
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pipeline.encoder import SentenceEncoder  # noqa: E402
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default="package", help="the encoder's source, as train.minilm_logreg.source")
+    parser.add_argument("--source", default="data/encoder", help="the encoder's files: a directory or .zip (fetch_encoder's output)")
     parser.add_argument("--data", default="data/prepared/test.parquet", help="a prepared split (its text column)")
     parser.add_argument("--docs", type=int, default=1024, help="the first N documents")
     parser.add_argument("--max-len", type=int, nargs="+", default=[64, 128])

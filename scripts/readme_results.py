@@ -20,7 +20,6 @@ BLOCKS = [
     ("README.md", "results", "metrics/summary.md"),
     ("docs/models.md", "seeds", "metrics/seeds.md"),
     ("docs/experiments.md", "results-remove-all", "metrics/variants/remove_all.md"),
-    ("docs/experiments.md", "results-minilm", "metrics/variants/minilm.md"),
 ]
 DOCUMENTS = sorted({doc for doc, _, _ in BLOCKS})
 

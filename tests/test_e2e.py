@@ -10,7 +10,7 @@ import yaml
 
 from tiny import make_project, run, write_params
 
-MODELS = ["tfidf_logreg", "cbow", "cnn_glove"]
+MODELS = ["tfidf_logreg", "cbow", "cnn_glove", "minilm_logreg"]
 
 
 def ran_stages(output: str) -> set[str]:
@@ -27,7 +27,9 @@ def project(tmp_path_factory):
 
 def test_repro_builds_every_output(project):
     repo = project["repo"]
-    assert ran_stages(project["first"]) >= {"fetch_corpus", "prepare", "tokenize", "fetch_glove", "embeddings", "report"}
+    assert ran_stages(project["first"]) >= {"fetch_corpus", "prepare", "tokenize", "fetch_glove", "embeddings",
+                                            "fetch_encoder", "encode", "report"}
+    assert sorted(p.name for p in (repo / "data/encoder").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     data = json.loads((repo / "metrics/data.json").read_text())
     assert data["published"] == {"train": 36, "test": 18} and data["groups"] == 3
     assert data["documents"]["train"]["empty"] == 0  # headers kept: no document is empty
@@ -122,6 +124,22 @@ def test_one_model_param_touches_only_that_model(project):
     # report reads every model's params, check_params all of them (its output stays the same)
     assert set(status) == {"check_params", "train@cbow", "report"}, status
     params["train"]["cbow"]["epochs"] = 2
+    write_params(repo / "params.yaml", params)
+    assert json.loads(run(["dvc", "status", "--json"], repo, env).stdout) == {}
+
+
+def test_encoder_model_param_reruns_neither_encoding_nor_other_models(project):
+    repo, env = project["repo"], project["env"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    c, max_len = params["train"]["minilm_logreg"]["C"], params["encode"]["max_len"]
+    params["train"]["minilm_logreg"]["C"] = c * 3
+    write_params(repo / "params.yaml", params)
+    status = json.loads(run(["dvc", "status", "--json"], repo, env).stdout)
+    assert set(status) == {"train@minilm_logreg", "report"}, status
+    params["encode"]["max_len"] = max_len // 2
+    write_params(repo / "params.yaml", params)
+    assert "encode" in json.loads(run(["dvc", "status", "--json"], repo, env).stdout)
+    params["train"]["minilm_logreg"]["C"], params["encode"]["max_len"] = c, max_len
     write_params(repo / "params.yaml", params)
     assert json.loads(run(["dvc", "status", "--json"], repo, env).stdout) == {}
 

