@@ -15,9 +15,11 @@ from typing import Any, Callable
 from . import params as P
 from .common import PipelineError, run_main, write_text
 from .embeddings import SCHEMA as EMBEDDINGS
+from .encode import SCHEMA as ENCODE
 from .ensemble import SCHEMA as ENSEMBLE
 from .evaluate import SCHEMA as EVALUATE
 from .fetch_corpus import SCHEMA as FETCH_CORPUS
+from .fetch_encoder import SCHEMA as FETCH_ENCODER
 from .fetch_glove import SCHEMA as FETCH_GLOVE
 from .models import REGISTRY, get_spec
 from .prepare import SCHEMA as PREPARE
@@ -71,6 +73,8 @@ SECTIONS: dict[str, Callable[[Any, dict], dict]] = {
     "tokenize": schema_check("tokenize", TOKENIZE),
     "fetch_glove": schema_check("fetch_glove", FETCH_GLOVE),
     "embeddings": schema_check("embeddings", EMBEDDINGS),
+    "fetch_encoder": schema_check("fetch_encoder", FETCH_ENCODER),
+    "encode": schema_check("encode", ENCODE),
     "mlflow": schema_check("mlflow", MLFLOW_SCHEMA),
     "train": check_train,
     "ensemble": check_ensemble,
