@@ -300,7 +300,10 @@ def cbow_glove(cfg, vocab_size, n_classes, glove):
 
 
 def _cnn(cfg, vocab_size, n_classes, glove):
-    """The keras.io recipe: 3 x Conv1D(128, 5) with max-pooling, then a dense head."""
+    """A 1D CNN over word embeddings, in one of two shapes (`architecture`):
+    stacked: the keras.io recipe, 3 x Conv1D(filters, kernel_size) with max-pooling, a dense head;
+    parallel: Kim's sentence CNN, one convolution per width in `kernel_sizes`, each global-max-pooled,
+    concatenated, straight to the softmax."""
     import keras
     from keras import layers
 
@@ -308,12 +311,19 @@ def _cnn(cfg, vocab_size, n_classes, glove):
     x = _embedding(vocab_size, glove, cfg.get("embedding_dim"), cfg.get("trainable", True), False)(inputs)
     if cfg["spatial_dropout"]:
         x = layers.SpatialDropout1D(cfg["spatial_dropout"])(x)
-    for _ in range(2):
+    if cfg["architecture"] == "parallel":
+        pooled = [
+            layers.GlobalMaxPooling1D()(layers.Conv1D(cfg["filters"], width, activation="relu")(x))
+            for width in cfg["kernel_sizes"]
+        ]
+        x = layers.Concatenate()(pooled) if len(pooled) > 1 else pooled[0]
+    else:
+        for _ in range(2):
+            x = layers.Conv1D(cfg["filters"], cfg["kernel_size"], activation="relu")(x)
+            x = layers.MaxPooling1D(cfg["pool_size"])(x)
         x = layers.Conv1D(cfg["filters"], cfg["kernel_size"], activation="relu")(x)
-        x = layers.MaxPooling1D(cfg["pool_size"])(x)
-    x = layers.Conv1D(cfg["filters"], cfg["kernel_size"], activation="relu")(x)
-    x = layers.GlobalMaxPooling1D()(x)
-    x = layers.Dense(cfg["dense"], activation="relu")(x)
+        x = layers.GlobalMaxPooling1D()(x)
+        x = layers.Dense(cfg["dense"], activation="relu")(x)
     if cfg["dropout"]:
         x = layers.Dropout(cfg["dropout"])(x)
     outputs = layers.Dense(n_classes, activation="softmax")(x)
@@ -321,30 +331,39 @@ def _cnn(cfg, vocab_size, n_classes, glove):
 
 
 def cnn_min_len(cfg) -> int:
-    """Shortest sequence that survives conv -> pool -> conv -> pool -> conv with >= 1 step left."""
+    """Shortest sequence every convolution can read one window of: the widest kernel (parallel),
+    or one that survives conv -> pool -> conv -> pool -> conv with >= 1 step left (stacked)."""
+    if cfg["architecture"] == "parallel":
+        return max(cfg["kernel_sizes"])
     length = cfg["kernel_size"]  # the last convolution needs one window
     for _ in range(2):
         length = length * cfg["pool_size"] + cfg["kernel_size"] - 1
     return length
 
 
+def cnn_unused(cfg) -> set:
+    return {"kernel_size", "pool_size", "dense"} if cfg.get("architecture") == "parallel" else {"kernel_sizes"}
+
+
 CNN = {
     **TRAINING,
-    "filters": P.integer(1),
-    "kernel_size": P.integer(1),
-    "pool_size": P.integer(1),
-    "dense": P.integer(1),
+    "architecture": P.choice("stacked", "parallel"),
+    "filters": P.integer(1),  # per convolution layer (stacked) or per width (parallel)
+    "kernel_size": P.integer(1),  # stacked
+    "pool_size": P.integer(1),  # stacked
+    "dense": P.integer(1),  # stacked: the hidden layer's units
+    "kernel_sizes": P.list_of(P.integer(1), nonempty=True),  # parallel: the convolution widths
     "dropout": P.number(0, 0.9),
     "spatial_dropout": P.number(0, 0.9),
 }
 
 
-@register("cnn_glove", "keras", {**CNN, "trainable": P.boolean()}, glove=True, min_len=cnn_min_len)
+@register("cnn_glove", "keras", {**CNN, "trainable": P.boolean()}, glove=True, min_len=cnn_min_len, unused=cnn_unused)
 def cnn_glove(cfg, vocab_size, n_classes, glove):
     return _cnn(cfg, vocab_size, n_classes, glove)
 
 
-@register("cnn", "keras", {**CNN, "embedding_dim": P.integer(1)}, min_len=cnn_min_len)
+@register("cnn", "keras", {**CNN, "embedding_dim": P.integer(1)}, min_len=cnn_min_len, unused=cnn_unused)
 def cnn(cfg, vocab_size, n_classes, glove=None):
     return _cnn(cfg, vocab_size, n_classes, None)
 

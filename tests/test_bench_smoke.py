@@ -230,3 +230,26 @@ def test_encoder_speed_prints_a_row_per_setting(tmp_path):
     for row in rows:
         assert float(row[2]) > 0 and -1.0 <= float(row[4]) <= float(row[5]) <= 1.0001
     assert all(float(r[4]) > 0.9999 for r in rows if r[1].strip() == "float32")
+
+
+def test_cnn_trial_and_isa_check_on_a_tiny_project(tmp_path):
+    """bench/cnn_trial.py prints a trial's figures for changed params; bench/isa_check.py a weight
+    digest per environment, equal for two identical environments (seeded, deterministic ops)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny import make_project, run
+
+    repo, env = make_project(tmp_path / "project", ["cnn", "cbow"])
+    run(["dvc", "repro", "-q", "embeddings"], repo, env)
+    log = tmp_path / "trials.jsonl"
+    run_script(["bench/cnn_trial.py", "--project", str(repo), "cnn", "architecture=parallel", "kernel_sizes=[2,3]",
+                "--log", str(log)], tmp_path)
+    row = json.loads(log.read_text())
+    assert row["model"] == "cnn" and row["overrides"] == "architecture=parallel kernel_sizes=[2,3]"
+    assert accuracy(row["val_accuracy"]) and accuracy(row["test_accuracy"]) and positive(row["fit_seconds"])
+    assert 1 <= row["best_epoch"] <= row["epochs_run"] <= 2
+    proc = run_script(["bench/isa_check.py", "--project", str(repo), "--models", "cnn,cbow", "--isa", "default",
+                       "--onednn-opts", "default", "--threads", "1,1"], tmp_path)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["model"] for r in rows] == ["cnn", "cbow", "cnn", "cbow"]
+    assert rows[0]["sha256"] == rows[2]["sha256"] and rows[1]["sha256"] == rows[3]["sha256"]
+    assert rows[0]["sha256"] != rows[1]["sha256"]

@@ -124,6 +124,90 @@ def test_unmasked_cnn_does_see_padding(built):
     assert not np.allclose(probabilities(built["cnn"], doc), probabilities(built["cnn"], padded), atol=1e-6)
 
 
+CNNS = ["cnn_glove", "cnn"]
+
+
+def parallel(cfg: dict, widths=(2, 3, 4), filters: int = 4) -> dict:
+    return {**cfg, "architecture": "parallel", "kernel_sizes": list(widths), "filters": filters}
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_stacked_cnn_is_the_keras_io_recipe(built, configs, name):
+    """The default shape: 3 x Conv1D with max-pooling between, global max, a dense head."""
+    model = built[name]
+    kinds = [type(layer).__name__ for layer in model.layers if type(layer).__name__ not in ("InputLayer", "SpatialDropout1D")]
+    assert kinds == ["Embedding", "Conv1D", "MaxPooling1D", "Conv1D", "MaxPooling1D", "Conv1D", "GlobalMaxPooling1D",
+                     "Dense", "Dropout", "Dense"]
+    cfg = configs[name]
+    assert cfg["architecture"] == "stacked"
+    assert get_spec(name).min_len(cfg) == (cfg["kernel_size"] * cfg["pool_size"] + cfg["kernel_size"] - 1) * cfg["pool_size"] + cfg["kernel_size"] - 1
+    assert get_spec(name).unused(cfg) == {"kernel_sizes"}
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_parallel_cnn_is_one_layer_of_several_widths(configs, glove, name):
+    import keras
+
+    cfg = parallel(configs[name])
+    model = get_spec(name).build(cfg, VOCAB, CLASSES, glove)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv1D)]
+    assert sorted(conv.kernel_size[0] for conv in convs) == [2, 3, 4]
+    assert all(conv.filters == 4 for conv in convs)
+    # every convolution reads the embeddings (none stacked on another), each is max-pooled over time
+    embedded = model.get_layer("embedding").output
+    if cfg["spatial_dropout"]:
+        embedded = next(l for l in model.layers if isinstance(l, keras.layers.SpatialDropout1D)).output
+    assert all(conv.input is embedded for conv in convs)
+    assert not any(isinstance(layer, keras.layers.MaxPooling1D) for layer in model.layers)
+    assert sum(isinstance(layer, keras.layers.GlobalMaxPooling1D) for layer in model.layers) == 3
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert len(dense) == 1 and dense[0].kernel.shape == (3 * 4, CLASSES)  # concatenated, straight to softmax
+    assert get_spec(name).min_len(cfg) == 4
+    assert get_spec(name).unused(cfg) == {"kernel_size", "pool_size", "dense"}
+    probs = probabilities(model, token_batch())
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    shortest = np.random.default_rng(4).integers(1, VOCAB, size=(2, 4)).astype(np.int32)
+    assert np.isfinite(probabilities(model, shortest)).all()  # min_len tokens: one window of the widest
+
+
+def test_parallel_cnn_with_one_width(configs):
+    import keras
+
+    model = get_spec("cnn").build(parallel(configs["cnn"], widths=(3,)), VOCAB, CLASSES, None)
+    assert not any(isinstance(layer, keras.layers.Concatenate) for layer in model.layers)
+    assert probabilities(model, token_batch()).shape == (4, CLASSES)
+
+
+def test_parallel_cnn_learns_tiny_data(configs):
+    """Through the train stage's own fit (length-cut batches at the min_len floor, early stopping):
+    documents told apart by their words are learned."""
+    import keras
+
+    from pipeline.train import train_keras_model
+
+    rng = np.random.default_rng(5)
+    y = np.arange(120) % CLASSES
+    x = _ragged_ids(rng, 120, 12)
+    x = np.where(x > 0, 1 + 10 * y[:, None] + x % 10, 0).astype(np.int32)  # class c: ids 10c+1..10c+10
+    x[:, 0] = 1 + 10 * y  # no empty document
+    cfg = {**parallel(configs["cnn"]), "epochs": 15, "patience": 15, "learning_rate": 0.01, "batch_size": 16, "dropout": 0.0}
+    keras.utils.set_random_seed(0)
+    model = get_spec("cnn").build(cfg, VOCAB, CLASSES, None)
+    fit = train_keras_model("cnn", cfg, model, {"train": x[:90], "val": x[90:]}, {"train": y[:90], "val": y[90:]}, verbose=0)
+    assert max(fit.history["val_accuracy"]) >= 0.9
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [({"architecture": "kim"}, "train.cnn.architecture = 'kim'"), ({"kernel_sizes": []}, "train.cnn.kernel_sizes = []"),
+     ({"kernel_sizes": [3, 0]}, "train.cnn.kernel_sizes[1] = 0"), ({"kernel_sizes": 3}, "train.cnn.kernel_sizes = 3")],
+)
+def test_cnn_schema_checks_the_architecture(configs, change, fragment):
+    with pytest.raises(PipelineError) as exc:
+        P.validate("train.cnn", {**configs["cnn"], **change}, REGISTRY["cnn"].schema)
+    assert fragment in str(exc.value), str(exc.value)
+
+
 def test_masked_mean_by_hand():
     import keras
 
