@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from . import params as P
 from .classifier import Classifier, load_probs, model_dir, pool, read_ensemble
-from .common import PipelineError, atomic_path, remove_quietly, run_main, write_json
+from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json
 
 TEST = Path("data/prepared/test.parquet")
 HISTORY = Path("metrics/history")

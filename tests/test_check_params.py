@@ -3,7 +3,6 @@ runs (and so deletes the outputs of) any other stage."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
