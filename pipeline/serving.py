@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 
 def texts_of(model_input) -> list[str]:
     """Accept a DataFrame with a `text` column (or a single column), a Series, a list or a string.
-    A null is an empty text; no text, or anything but strings, is refused (HTTP 400 when served)."""
+    A null is an empty text; anything else but strings is refused (HTTP 400 when served)."""
     if isinstance(model_input, pd.DataFrame):
         column = "text" if "text" in model_input.columns else model_input.columns[0]
         values = model_input[column].tolist()
@@ -21,8 +21,6 @@ def texts_of(model_input) -> list[str]:
         values = [model_input]
     else:
         values = list(model_input)
-    if not values:
-        raise MlflowException.invalid_parameter_value("no inputs: give at least one text")
     for i, v in enumerate(values):
         if v is None or (isinstance(v, float) and math.isnan(v)):
             values[i] = ""

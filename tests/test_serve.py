@@ -78,7 +78,7 @@ def test_bad_request_is_a_client_error(served):
     assert "error_code" in response.json()
 
 
-@pytest.mark.parametrize("inputs, named", [([1, 2], "item 0 is int"), (["fine", 2.5], "item 1 is float"), ([], "no inputs")])
+@pytest.mark.parametrize("inputs, named", [([1, 2], "item 0 is int"), (["fine", 2.5], "item 1 is float"), ([], "0 inputs")])
 def test_inputs_that_are_not_texts_are_a_client_error(served, inputs, named):
     """MLflow would turn numbers into strings if the signature said `string`: the model refuses them."""
     response = invoke(served, {"inputs": inputs})
