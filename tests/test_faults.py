@@ -345,11 +345,11 @@ def test_a_copied_project_does_not_write_into_the_original(project):
     restore(copy, env)  # the failed stage's outputs back
     assert dvc_status(copy, env) == {}
     assert "now keeps artifacts in" in restore(copy, env, "--adopt-store").stdout
+    copied_files = len(tree_digest(copy / "mlartifacts"))
     run(["dvc", "repro", "-f", "-s", "train@tfidf_logreg"], copy, env)
     run(["dvc", "repro"], copy, env)  # report registers the champion in the copy's store
     assert {p: tree_digest(repo / p) for p in ("mlartifacts", "mlflow.db")} == original
-    new_run = json.loads((copy / "metrics/train/tfidf_logreg.json").read_text())["mlflow_run_id"]
-    assert list((copy / "mlartifacts").rglob(new_run)), "the copy's run has no artifacts in the copy"
+    assert len(tree_digest(copy / "mlartifacts")) > copied_files  # the new model went to the copy's
     copied = mlflow_client(sqlite_uri(copy))
     exp = copied.get_experiment_by_name(EXPERIMENT)
     uris = [r.info.artifact_uri for r in copied.search_runs([exp.experiment_id], max_results=1000)]
