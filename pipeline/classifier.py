@@ -148,7 +148,6 @@ def keras_graph(model, vectorizer):
     The vectorizer runs inside the graph: called eagerly, TextVectorization took 9 ms a
     document, more than any model. Keras `predict` would build a tf.data pipeline and trace its
     function again on each call."""
-
     import tensorflow as tf
 
     masked = any(getattr(layer, "mask_zero", False) for layer in model.layers)
