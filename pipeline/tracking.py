@@ -265,7 +265,8 @@ def reopen_run(run_id: str):
 def pip_requirements() -> list[str]:
     from importlib.metadata import version
 
-    names = ["mlflow", "tensorflow", "keras", "scikit-learn", "pandas", "numpy", "pyyaml"]
+    # what loading and running any saved model needs, the sentence encoder's runtime included
+    names = ["mlflow", "tensorflow", "keras", "scikit-learn", "scipy", "pandas", "numpy", "pyyaml", "onnxruntime", "tokenizers", "tqdm"]
     return [f"{n}=={version(n)}" for n in names]
 
 
