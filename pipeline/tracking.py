@@ -266,7 +266,8 @@ def pip_requirements() -> list[str]:
     from importlib.metadata import version
 
     # what loading and running any saved model needs, the sentence encoder's runtime included
-    names = ["mlflow", "tensorflow", "keras", "scikit-learn", "scipy", "pandas", "numpy", "pyyaml", "onnxruntime", "tokenizers", "tqdm"]
+    names = ["mlflow", "tensorflow", "keras", "scikit-learn", "scipy", "pandas", "numpy", "pyyaml",
+             "onnxruntime", "tokenizers", "tqdm"]
     return [f"{n}=={version(n)}" for n in names]
 
 
