@@ -725,6 +725,10 @@ def part_repro(args, work: Path, source: Path, mirror: Path | None, calibration:
 # ---------------------------------------------------------------- tiny mode
 
 
+# The stages upstream of training, in order: tiny mode makes their outputs in this process.
+DATA_STAGES = ("check_params", "fetch_corpus", "prepare", "tokenize", "fetch_glove", "embeddings", "fetch_encoder", "encode")
+
+
 def tiny_setup(work: Path, models: list[str], need_data: bool) -> tuple[Path, Path]:
     """A tiny copy of the project (tests/tiny.py) with generated data; with need_data, its
     prepared/tokenized/embeddings outputs are made in this process (no DVC). Returns (repo, mirror)."""
@@ -749,7 +753,7 @@ def tiny_setup(work: Path, models: list[str], need_data: bool) -> tuple[Path, Pa
         os.chdir(repo)
         try:
             with contextlib.redirect_stdout(sys.stderr):  # stdout is for the results table
-                for stage in ("fetch_corpus", "prepare", "tokenize", "fetch_glove", "embeddings"):
+                for stage in DATA_STAGES:
                     importlib.import_module(f"pipeline.{stage}").main([])
         finally:
             os.chdir(cwd)

@@ -300,7 +300,7 @@ def tiny_project(work: Path, models: list[str]) -> tuple[Path, dict]:
 
     repo, mirror = run_bench.tiny_setup(work, models, need_data=True)
     env = project_env(mirror)
-    dvc(["commit", "-f", "-q", "fetch_corpus", "prepare", "tokenize", "fetch_glove", "embeddings"], repo, env)
+    dvc(["commit", "-f", "-q", *run_bench.DATA_STAGES], repo, env)
     for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny baseline"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
     return repo, env
