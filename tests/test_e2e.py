@@ -135,7 +135,7 @@ def test_encoder_model_param_reruns_neither_encoding_nor_other_models(project):
     params["train"]["minilm_logreg"]["C"] = c * 3
     write_params(repo / "params.yaml", params)
     status = json.loads(run(["dvc", "status", "--json"], repo, env).stdout)
-    assert set(status) == {"train@minilm_logreg", "report"}, status
+    assert set(status) == {"check_params", "train@minilm_logreg", "report"}, status  # as above
     params["encode"]["max_len"] = max_len // 2
     write_params(repo / "params.yaml", params)
     assert "encode" in json.loads(run(["dvc", "status", "--json"], repo, env).stdout)
