@@ -395,9 +395,11 @@ def test_parallel_queued_experiments(project):
     if dvc_status(repo, env):
         run(["dvc", "repro"], repo, env)
     commit(repo, env, "baseline for experiments")
-    variants = {"c-low": 5.0, "c-high": 80.0}
+    # alpha, not C: the default solver (sgd) reads alpha, so the two models differ and evaluate,
+    # which finds a model's run by the model's md5, can tell their runs apart
+    variants = {"alpha-low": 1e-6, "alpha-high": 1e-4}
     for name, c in variants.items():
-        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.tfidf_logreg.C={c}"], repo, env)
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.tfidf_logreg.alpha={c}"], repo, env)
     proc = run(["dvc", "exp", "run", "--run-all", "-j", "2"], repo, env, timeout=1500)
     assert "database is locked" not in proc.stdout + proc.stderr
 
@@ -408,13 +410,13 @@ def test_parallel_queued_experiments(project):
     run_ids = {}
     for name, c in variants.items():
         params = found[name]["params"]["params.yaml"]["data"]
-        assert params["train"]["tfidf_logreg"]["C"] == c
+        assert params["train"]["tfidf_logreg"]["alpha"] == c
         train_metrics = found[name]["metrics"]["metrics/train/tfidf_logreg.json"]["data"]
         run_id = train_metrics["mlflow_run_id"]
         mlrun = client.get_run(run_id)
         assert mlrun.info.status == "FINISHED", name
         assert mlrun.data.tags["dvc_stage"] == "train@tfidf_logreg"
-        assert float(mlrun.data.params["C"]) == c
+        assert float(mlrun.data.params["alpha"]) == c
         assert mlrun.data.metrics["best_val_accuracy"] == train_metrics["val_accuracy"]
         test_accuracy = found[name]["metrics"]["metrics/eval/tfidf_logreg.json"]["data"]["accuracy"]
         assert mlrun.data.metrics["test_accuracy"] == test_accuracy  # evaluate found the same run
