@@ -397,7 +397,7 @@ def test_parallel_queued_experiments(project):
     commit(repo, env, "baseline for experiments")
     # alpha, not C: the default solver (sgd) reads alpha, so the two models differ and evaluate,
     # which finds a model's run by the model's md5, can tell their runs apart
-    variants = {"alpha-low": 1e-6, "alpha-high": 1e-4}
+    variants = {"alpha-low": 0.0001, "alpha-high": 0.001}  # decimals: a YAML exponent without a dot reads as a string
     for name, c in variants.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.tfidf_logreg.alpha={c}"], repo, env)
     proc = run(["dvc", "exp", "run", "--run-all", "-j", "2"], repo, env, timeout=1500)
