@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import params as P
-from .common import atomic_path, read_json, run_main, write_json
+from .common import atomic_path, import_tensorflow, read_json, run_main, write_json
 
 PREPARED = Path("data/prepared")
 OUT = Path("data/tokenized")
@@ -29,6 +29,7 @@ SCHEMA = {
 def make_vectorizer(vocabulary: list[str] | None, max_len: int, standardize: str, max_tokens: int | None = None):
     """The one way this project turns text into ids: used to adapt, to encode, and inside the
     raw-text models that are logged to MLflow."""
+    import_tensorflow()
     import keras
 
     layer = keras.layers.TextVectorization(

@@ -14,7 +14,8 @@ import pandas as pd
 
 from . import params as P
 from .classifier import save_keras, save_sklearn, save_val_probs
-from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json, write_text
+from .common import (PipelineError, atomic_path, cpu_record, import_tensorflow, read_json, remove_quietly, run_main,
+                     write_json, write_text)
 from .models import get_spec
 from .tokenize import id_batches, without_autotune
 
@@ -87,8 +88,8 @@ def fit_sklearn(name: str, cfg: dict, out: Path) -> dict:
 
 
 def seed_everything(seed: int) -> None:
+    tf = import_tensorflow()
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -174,6 +175,7 @@ def train_keras_model(name: str, cfg: dict, model, x: dict, y: dict, callbacks: 
         make_dataset(x["train"], y["train"], cfg["batch_size"], cfg["seed"], floor),
         validation_data=make_dataset(x["val"], y["val"], 512, None, floor),
         epochs=cfg["epochs"],
+        shuffle=False,  # make_dataset shuffles; Keras would warn that it ignores its own for a dataset
         callbacks=[stop, *callbacks],
         verbose=verbose,
     )
@@ -217,6 +219,8 @@ def summary(name: str, result: dict, run_id: str) -> dict:
         "best_epoch": result["best_epoch"],
         "epochs_run": len(result["history"]),
         "train_seconds": round(result["seconds"], 1),
+        # what a result depends on beyond params and data (docs/reproducibility.md)
+        **cpu_record(),
         "mlflow_run_id": run_id,
     }
 
@@ -257,7 +261,7 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
                 mlflow.log_metrics({k: v for k, v in result["history"][0].items() if k != "epoch"}, step=0)
             report = summary(name, result, run_id)
             mlflow.log_metrics({"best_val_accuracy": report["val_accuracy"], "train_seconds": report["train_seconds"]})
-            mlflow.set_tag(MODEL_TAG, path_md5(tmp))
+            mlflow.set_tags({MODEL_TAG: path_md5(tmp), "cpu": report["cpu"], "cpu_isa": report["cpu_isa"]})
             val_text = pd.read_parquet(PREPARED / "val.parquet")["text"].head(2).tolist()
             log_classifier(tmp, result["classes"], val_text)
         write_json(METRICS / f"{name}.json", report)
