@@ -44,3 +44,17 @@ def test_a_changed_table_is_caught(script):
     changed = summary.replace("|", "| x", 1)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert script.render("README.md", readme, lambda path: changed if path == "metrics/summary.md" else None) != readme
+
+
+def test_the_leakage_free_variant_ran_at_the_default_configuration(script):
+    """The variant's table must describe today's models: the same models, each with the same key
+    params as the committed default run (only prepare.remove differs), or it is a stale table."""
+    import json
+
+    default = json.loads(script.read_committed("metrics/summary.json"))["models"]
+    variant = json.loads(script.read_committed("metrics/variants/remove_all.json"))["models"]
+    assert list(variant) == list(default)
+    for model, row in variant.items():
+        assert row["params"] == default[model]["params"], f"{model}: the variant ran with other params"
+    removed = json.loads(script.read_committed("metrics/variants/remove_all_data.json"))["remove"]
+    assert removed == ["headers", "footers", "quotes"]
