@@ -217,7 +217,7 @@ def padded_batches(x, y, batch_size: int, seed: int | None):
 
 def keras_fit(name: str, data: Data, *, epochs: int | None = None, test_each_epoch: bool = True,
               threshold: float | None = None, verbose: int = 0, plain: bool = False) -> dict:
-    """Train one Keras model of the registry through pipeline/train.py's `train_keras_model` (same
+    """Train one Keras model of the registry through pipeline/keras_fit.py's `train_keras_model` (same
     builder, seed, batches, optimizer, loss, early stopping on val_accuracy), timing every epoch.
 
     With `plain`, the straightforward version instead: the model's layers and optimizer, but every
@@ -231,7 +231,7 @@ def keras_fit(name: str, data: Data, *, epochs: int | None = None, test_each_epo
 
     use_pipeline()
     from pipeline.models import get_spec
-    from pipeline.train import compile_model, make_dataset, min_length, seed_everything, train_keras_model
+    from pipeline.keras_fit import compile_model, make_dataset, min_length, seed_everything, train_keras_model
 
     cfg = dict(data.model_cfg(name))
     if epochs is not None:

@@ -16,11 +16,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from . import paths
 from .common import PipelineError, read_json, silenced_fd2, write_json
 
 META = "meta.json"
 SKLEARN_MODEL = "model.pkl"  # a scikit-learn Pipeline taking raw text
 VAL_PROBS = "val_probs.npy"  # the model's validation probabilities, saved by its train stage for the ensemble
+ENSEMBLE = "ensemble"  # the ensemble stage's model: its name, and its kind in meta.json
 POOLINGS = ("log", "linear")
 EPS = 1e-9  # floor for member probabilities under log pooling (a member sure of another class is not a veto)
 
@@ -48,7 +50,7 @@ def pool(probs: Sequence[np.ndarray], weights: np.ndarray, pooling: str) -> np.n
 
 def model_dir(name: str) -> Path:
     """Where the pipeline keeps the model called `name` (train@<name>, or the ensemble stage)."""
-    return Path("data/ensemble") if name == "ensemble" else Path("data/models") / name
+    return paths.ENSEMBLE if name == ENSEMBLE else paths.MODELS / name
 
 
 def save_sklearn(directory: Path, pipeline, classes: list[str], name: str) -> None:
@@ -195,7 +197,7 @@ class Classifier:
             self.steps = sklearn_steps(self.model)
         elif self.kind == "keras":
             from .models import custom_objects
-            from .tokenize import make_vectorizer
+            from .sequences import make_vectorizer
 
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             # TensorFlow's C++ side writes notices to file descriptor 2 on import and device set-up

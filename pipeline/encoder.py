@@ -22,11 +22,12 @@ from typing import Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from . import paths
 from .common import PipelineError
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
-ENCODER_DIR = Path("data/encoder")  # FILES, from fetch_encoder
-ENCODED = Path("data/encoded")  # the encode stage's <split>.npy embeddings, encoder.pkl and meta.json
+ENCODER_DIR = paths.ENCODER  # FILES
+ENCODED = paths.ENCODED
 ENCODER_PICKLE = "encoder.pkl"
 
 

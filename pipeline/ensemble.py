@@ -20,15 +20,16 @@ from scipy.special import log_softmax, softmax
 from sklearn.model_selection import StratifiedKFold
 
 from . import params as P
+from . import paths
 from .classifier import META, POOLINGS, VAL_PROBS, load_probs, log_probs, pool
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json, write_text
 
 NAME = "ensemble"
-VAL = Path("data/prepared/val.parquet")
-MODELS = Path("data/models")
-OUT = Path("data/ensemble")  # not under data/models: that folder is this stage's input
-METRICS = Path("metrics/train")
-HISTORY = Path("metrics/history")
+VAL = paths.split_file("val")
+MODELS = paths.MODELS
+OUT = paths.ENSEMBLE
+METRICS = paths.TRAIN_METRICS
+HISTORY = paths.HISTORY
 
 SCHEMA = {
     "members": P.list_of(P.string(), nonempty=True),

@@ -21,14 +21,15 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from . import params as P
+from . import paths
 from .classifier import Classifier, load_probs, model_dir, pool, read_ensemble
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json
 
-TEST = Path("data/prepared/test.parquet")
-HISTORY = Path("metrics/history")
-METRICS = Path("metrics/eval")
-OUT = Path("data/eval")
-TEST_PROBS = Path("data/test_probs")
+TEST = paths.split_file("test")
+HISTORY = paths.HISTORY
+METRICS = paths.EVAL_METRICS
+OUT = paths.EVAL
+TEST_PROBS = paths.TEST_PROBS
 
 SCHEMA = {"batch_size": P.integer(1, 65536)}
 

@@ -10,10 +10,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import params as P
+from . import paths
 from .common import PipelineError, atomic_path, mirror_file, run_main, write_json
 from .download import fetch
 
-OUT = Path("data/glove")
+OUT = paths.GLOVE
 
 SCHEMA = {
     # package | url | a path to a GloVe text file (one word and `dim` numbers per line)

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from . import paths
 from .common import PipelineError, run_main, silenced_fd2
 
 MAX_INPUT_BYTES = 10 * 1024 * 1024  # 10 MB: per argument, file or stdin
 DEFAULT_REGISTERED_MODEL = "newsgroups-classifier"
 DEFAULT_ALIAS = "champion"
-MODELS_DIR = Path("data/models")
+MODELS_DIR = paths.MODELS
 CHUNK = 256  # documents per model call: output streams, memory stays bounded
 
 

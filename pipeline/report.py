@@ -2,16 +2,16 @@
 registered in the MLflow model registry under an alias."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from . import params as P
+from . import paths
 from .common import PipelineError, read_json, run_main, write_json, write_text
 from .models import unused_params
 
-TRAIN = Path("metrics/train")
-EVAL = Path("metrics/eval")
-SUMMARY_JSON = Path("metrics/summary.json")
-SUMMARY_MD = Path("metrics/summary.md")
+TRAIN = paths.TRAIN_METRICS
+EVAL = paths.EVAL_METRICS
+SUMMARY_JSON = paths.SUMMARY_JSON
+SUMMARY_MD = paths.SUMMARY_MD
 
 SCHEMA = {
     "registered_model": P.string(),

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import embeddings, fetch_corpus, fetch_glove, prepare, tokenize
+from pipeline import embeddings, fetch_corpus, fetch_glove, prepare, sequences, tokenize
 from pipeline import params as P
 from pipeline.common import MIRROR_ENV, PipelineError, run_main
 from pipeline.corpus import iter_documents
@@ -439,13 +439,13 @@ def test_tokenize_unknown_words_and_empty_docs(tokenized):
 
 
 def test_saved_vocabulary_reproduces_the_encoding(tokenized):
-    vectorizer = tokenize.load_vectorizer(tokenized["dir"])
+    vectorizer = sequences.load_vectorizer(tokenized["dir"])
     assert vectorizer.get_vocabulary() == tokenized["vocab"]
-    x = tokenize.encode(vectorizer, ["alpha beta gamma alpha", "zeta alpha", ""])
+    x = sequences.encode(vectorizer, ["alpha beta gamma alpha", "zeta alpha", ""])
     assert x.tolist() == [tokenized["data"]["train"]["x"][0].tolist()] + tokenized["data"]["test"]["x"].tolist()
-    longer = tokenize.load_vectorizer(tokenized["dir"], max_len=3)
-    assert tokenize.encode(longer, ["alpha beta gamma alpha"]).shape == (1, 3)
-    assert tokenize.encode(vectorizer, []).shape == (0, 6)
+    longer = sequences.load_vectorizer(tokenized["dir"], max_len=3)
+    assert sequences.encode(longer, ["alpha beta gamma alpha"]).shape == (1, 3)
+    assert sequences.encode(vectorizer, []).shape == (0, 6)
 
 
 def test_tokenize_max_tokens_caps_vocabulary(tmp_path, monkeypatch):

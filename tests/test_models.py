@@ -183,7 +183,7 @@ def test_parallel_cnn_learns_tiny_data(configs):
     documents told apart by their words are learned."""
     import keras
 
-    from pipeline.train import train_keras_model
+    from pipeline.keras_fit import train_keras_model
 
     rng = np.random.default_rng(5)
     y = np.arange(120) % CLASSES
@@ -416,7 +416,7 @@ def _batches(data) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_training_batches_are_length_bucketed_and_cover_every_document():
-    from pipeline.train import make_dataset
+    from pipeline.keras_fit import make_dataset
 
     rng = np.random.default_rng(1)
     x = _ragged_ids(rng, 1000, 60)
@@ -438,7 +438,7 @@ def test_training_batches_are_length_bucketed_and_cover_every_document():
 
 
 def test_prediction_batches_keep_order_and_the_convolution_floor():
-    from pipeline.train import make_dataset
+    from pipeline.keras_fit import make_dataset
 
     rng = np.random.default_rng(2)
     x = _ragged_ids(rng, 100, 40)
@@ -451,10 +451,10 @@ def test_prediction_batches_keep_order_and_the_convolution_floor():
 
 
 def test_keras_input_pipelines_run_without_autotune_and_keep_order():
-    """Autotune's thread stalled every dropped iterator (see tokenize.without_autotune): the
+    """Autotune's thread stalled every dropped iterator (see sequences.without_autotune): the
     training, validation and prediction pipelines all turn it off, and predictions keep order."""
-    from pipeline.tokenize import id_batches
-    from pipeline.train import make_dataset
+    from pipeline.sequences import id_batches
+    from pipeline.keras_fit import make_dataset
 
     rng = np.random.default_rng(3)
     x = _ragged_ids(rng, 50, 12)
