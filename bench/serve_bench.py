@@ -51,6 +51,7 @@ def serving_uri(model: str) -> str:
     project's store by the directory's md5, tracking.find_model_run)."""
     import mlflow
 
+    from pipeline.classifier import stage_name
     from pipeline.common import PipelineError
     from pipeline.predict import pipeline_model_dir
     from pipeline.tracking import find_model_run, tracking_uri
@@ -64,7 +65,7 @@ def serving_uri(model: str) -> str:
     try:
         name = json.loads((directory / "meta.json").read_text())["model"]
         mlflow.set_tracking_uri(tracking_uri())
-        run_id = find_model_run(directory, "ensemble" if name == "ensemble" else f"train@{name}")
+        run_id = find_model_run(directory, stage_name(name))
     except (OSError, ValueError, KeyError, PipelineError) as exc:
         raise BenchError(f"model {model!r}: no logged model to serve for {directory} ({exc})") from None
     return f"runs:/{run_id}/model"
@@ -162,10 +163,10 @@ def saved_model(directory: Path, tmp: Path) -> str:
 
 def member_shares(directory: Path, singles: list[list[str]], warmup: int, max_seconds: float) -> dict:
     """Each member's in-process single-document p50 (ms), for an ensemble directory."""
-    from pipeline.classifier import Classifier
+    from pipeline.classifier import ENSEMBLE, Classifier
 
     ensemble = Classifier(directory)
-    if ensemble.kind != "ensemble":
+    if ensemble.kind != ENSEMBLE:
         return {}
     shares = {}
     for member in ensemble.members:

@@ -53,6 +53,11 @@ def model_dir(name: str) -> Path:
     return paths.ENSEMBLE if name == ENSEMBLE else paths.MODELS / name
 
 
+def stage_name(name: str) -> str:
+    """The DVC stage that builds the model called `name`, also its MLflow run's name."""
+    return ENSEMBLE if name == ENSEMBLE else f"train@{name}"
+
+
 def save_sklearn(directory: Path, pipeline, classes: list[str], name: str) -> None:
     # Plain pickle: joblib's pure-Python unpickler took 2 s to load the 355k-entry TF-IDF
     # vocabulary, pickle's C one 0.25 s (the models hold no large arrays for joblib to map).
@@ -210,7 +215,7 @@ class Classifier:
             self.vectorizer = make_vectorizer(read_json(self.directory / "vocab.json"), text["max_len"], text["standardize"])
             self.graph = keras_graph(self.model, self.vectorizer)
             self.call = traced(self.graph)
-        elif self.kind == "ensemble":
+        elif self.kind == ENSEMBLE:
             members, self.weights, self.pooling, _ = read_ensemble(self.directory)
             self.members = [Classifier(self.directory / m) for m in members]
             # the Keras members in one graph: one call a batch, and TensorFlow runs them side by side

@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from . import params as P
 from . import paths
-from .classifier import Classifier, load_probs, model_dir, pool, read_ensemble
+from .classifier import ENSEMBLE, Classifier, load_probs, model_dir, pool, read_ensemble, stage_name
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json
 
 TEST = paths.split_file("test")
@@ -138,7 +138,7 @@ def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, n
     """Metrics, classes, true and predicted labels, and probabilities on the test split."""
     test = pd.read_parquet(TEST)
     texts = test["text"].tolist()
-    if name == "ensemble":
+    if name == ENSEMBLE:
         probs, classes, seconds = ensemble_proba(model_dir(name), len(texts))
     else:
         classifier = Classifier(model_dir(name))
@@ -163,7 +163,7 @@ def main(argv: list[str]) -> None:
     name = argv[0]
     cfg = P.stage_params("evaluate", SCHEMA)
     mlflow.set_tracking_uri(checked_tracking_uri())  # an unreachable server fails now, not after the whole evaluation
-    run_id = find_model_run(model_dir(name), "ensemble" if name == "ensemble" else f"train@{name}")
+    run_id = find_model_run(model_dir(name), stage_name(name))
     remove_quietly(METRICS / f"{name}.json", OUT / name, TEST_PROBS / f"{name}.npz")
     result, classes, y_true, y_pred, probs = evaluate(name, cfg["batch_size"])
     with atomic_path(OUT / name, directory=True) as tmp:
@@ -171,7 +171,10 @@ def main(argv: list[str]) -> None:
             tmp / "predictions.csv", index=False
         )
         confusion_png(y_true, y_pred, classes, f"{name}: test confusion matrix", tmp / "confusion_matrix.png")
-        learning_curve_png(pd.read_csv(HISTORY / f"{name}.csv"), f"{name}: learning curves", tmp / "learning_curve.png")
+        figures = ["confusion_matrix.png"]
+        if name != ENSEMBLE:  # the ensemble's weights are one fit, without epochs
+            learning_curve_png(pd.read_csv(HISTORY / f"{name}.csv"), f"{name}: learning curves", tmp / "learning_curve.png")
+            figures.append("learning_curve.png")
         report = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=classes, digits=4, zero_division=0)
         (tmp / "classification_report.txt").write_text(report, encoding="utf-8")
         with reopen_run(run_id):
@@ -184,9 +187,9 @@ def main(argv: list[str]) -> None:
                     "test_docs_per_second": result["docs_per_second"],
                 }
             )
-            for file in ("confusion_matrix.png", "learning_curve.png", "classification_report.txt"):
+            for file in (*figures, "classification_report.txt"):
                 mlflow.log_artifact(str(tmp / file), artifact_path="evaluation")
-    if name != "ensemble":  # for evaluate_ensemble
+    if name != ENSEMBLE:  # for evaluate_ensemble
         with atomic_path(TEST_PROBS / f"{name}.npz") as tmp:
             with open(tmp, "wb") as handle:
                 np.savez(handle, probs=probs, inference_seconds=result["inference_seconds"])

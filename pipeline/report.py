@@ -2,9 +2,9 @@
 registered in the MLflow model registry under an alias."""
 from __future__ import annotations
 
-
 from . import params as P
 from . import paths
+from .classifier import ENSEMBLE
 from .common import PipelineError, read_json, run_main, write_json, write_text
 from .models import unused_params
 
@@ -45,7 +45,7 @@ def gather(models: list[str], all_params: dict) -> list[dict]:
                 "test_accuracy": test["accuracy"],
                 "test_macro_f1": test["macro_f1"],
                 "train_seconds": train["train_seconds"],
-                "epochs_run": train["epochs_run"],
+                "epochs_run": train.get("epochs_run"),  # none for the ensemble: its weights are one fit
                 "docs_per_second": test["docs_per_second"],
                 "params": key_params(name, cfg),
                 "mlflow_run_id": train["mlflow_run_id"],
@@ -84,7 +84,7 @@ def markdown(rows: list[dict], best: dict) -> str:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
         lines.append(
             f"| {name} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['test_macro_f1']:.4f} "
-            f"| {r['train_seconds']:.1f} | {r['epochs_run']} | {params} |"
+            f"| {r['train_seconds']:.1f} | {r['epochs_run'] or '–'} | {params} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -126,8 +126,8 @@ def main(argv: list[str]) -> None:
     cfg = P.validate("report", P.section(all_params, "report"), SCHEMA)
     clean_up(P.string()("mlflow.experiment", P.section(all_params, "mlflow.experiment")))
     models = P.list_of(P.string(), nonempty=True)("train.models", P.section(all_params, "train.models"))
-    if "ensemble" in all_params:
-        models.append("ensemble")
+    if ENSEMBLE in all_params:
+        models.append(ENSEMBLE)
     rows = gather(models, all_params)
     best = champion(rows)
     version = register_champion(best["mlflow_run_id"], cfg["registered_model"], cfg["alias"])

@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import params as P
 from . import paths
-from .classifier import save_keras, save_sklearn, save_val_probs
+from .classifier import save_keras, save_sklearn, save_val_probs, stage_name
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json, write_text
 from .models import get_spec
 from .keras_fit import seed_everything, sequence_length, train_keras_model
@@ -157,7 +157,7 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
         meta = read_json(ENCODED / "meta.json")
         logged |= {f"encode.{k}": meta[k] for k in ("max_len", "quantize", "batch_size")}
         deps.append(ENCODED)
-    with training_run(cfg["mlflow"]["experiment"], name, f"train@{name}", logged, deps) as run_id:
+    with training_run(cfg["mlflow"]["experiment"], name, stage_name(name), logged, deps) as run_id:
         log_splits([paths.split_file("train"), paths.split_file("val")], "training")
         with atomic_path(out, directory=True) as tmp:
             fit = fit_sklearn if spec.kind == "sklearn" else fit_keras
