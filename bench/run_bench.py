@@ -169,8 +169,6 @@ def part_tfidf(data: Data, args) -> dict:
     x_test, y_test = test["text"].tolist(), test["label"].to_numpy()
 
     def vectorizer():  # the very TfidfVectorizer our model uses (same params section)
-        if hasattr(models, "_tfidf"):
-            return models._tfidf(cfg)
         return models.get_spec("tfidf_logreg").build(cfg).steps[0][1]
 
     builders = {

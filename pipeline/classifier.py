@@ -127,7 +127,7 @@ def without_save_time(path: Path) -> None:
 def read_ensemble(directory: Path) -> tuple[list[str], np.ndarray, str, list[str]]:
     """An ensemble directory's members, weights, pooling and classes."""
     meta = read_json(directory / META)
-    pooling = meta.get("pooling", "linear")  # ensembles saved before log pooling existed
+    pooling = meta.get("pooling")
     if pooling not in POOLINGS:
         raise PipelineError(f"{directory / META}: unknown pooling {pooling!r}")
     return list(meta["members"]), np.asarray(meta["weights"], dtype=np.float64), pooling, list(meta["classes"])

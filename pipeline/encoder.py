@@ -34,7 +34,7 @@ ENCODER_PICKLE = "encoder.pkl"
 # ---------------------------------------------------------------- the model files
 
 
-def read_zip(path: Path, label: str) -> dict[str, bytes]:
+def read_encoder_zip(path: Path, label: str) -> dict[str, bytes]:
     """FILES from a zip, at its root or in one folder (the root's first: the package's model.zip
     also holds a 1_Pooling/config.json)."""
     try:
@@ -65,7 +65,7 @@ def read_model_files(path: str | Path) -> dict[str, bytes]:
         return read_directory(path)
     if not path.exists():
         raise PipelineError(f"{path}: missing (the encoder: a directory or .zip of {', '.join(FILES)})")
-    return read_zip(path, str(path))
+    return read_encoder_zip(path, str(path))
 
 
 def parse_model(files: dict[str, bytes], label: str) -> tuple[dict, dict[str, np.ndarray]]:

@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedKFold
 from . import params as P
 from . import paths
 from .classifier import ENSEMBLE, META, POOLINGS, VAL_PROBS, load_probs, log_probs, pool, stage_name
-from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json
+from .common import PipelineError, atomic_path, path_md5, read_json, remove_quietly, run_main, write_json
 
 NAME = ENSEMBLE
 VAL = paths.split_file("val")
@@ -130,7 +130,7 @@ def build(members: list[str], pooling: str, seed: int, out: Path) -> dict:
 def main(argv: list[str]) -> None:
     import mlflow
 
-    from .tracking import MODEL_TAG, log_classifier, log_splits, path_md5, training_run
+    from .tracking import MODEL_TAG, log_classifier, log_splits, training_run
 
     params = P.load_params()
     cfg = P.validate(NAME, P.section(params, NAME), SCHEMA)

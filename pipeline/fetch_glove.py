@@ -80,7 +80,7 @@ def read_text_file(path: Path, dim: int) -> tuple[list[str], np.ndarray]:
         raise PipelineError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
-def read_zip(path: Path, dim: int, label: str) -> tuple[list[str], np.ndarray]:
+def read_glove_zip(path: Path, dim: int, label: str) -> tuple[list[str], np.ndarray]:
     member = f"glove.6B.{dim}d.txt"
     try:
         with zipfile.ZipFile(path) as archive, archive.open(member) as raw:
@@ -114,7 +114,7 @@ def read_from_url(cfg: dict, work: Path) -> tuple[list[str], np.ndarray]:
         return read_text_file(text, dim)
     archive = work / "glove.6B.zip"
     source = fetch(["glove.6B.zip"], cfg["url"], archive, cfg["md5"], cfg["timeout"], cfg["retries"])
-    return read_zip(archive, dim, source)
+    return read_glove_zip(archive, dim, source)
 
 
 def load_glove(cfg: dict, work: Path) -> tuple[list[str], np.ndarray]:
@@ -124,7 +124,7 @@ def load_glove(cfg: dict, work: Path) -> tuple[list[str], np.ndarray]:
         words, vectors = read_from_url(cfg, work)
     else:
         path = Path(cfg["source"]).expanduser()
-        reader = read_zip if path.suffix == ".zip" else None
+        reader = read_glove_zip if path.suffix == ".zip" else None
         words, vectors = reader(path, cfg["dim"], str(path)) if reader else read_text_file(path, cfg["dim"])
     if vectors.ndim != 2 or vectors.shape[1] != cfg["dim"]:
         raise PipelineError(f"fetch_glove.dim = {cfg['dim']}: source gives vectors of shape {vectors.shape}")

@@ -343,10 +343,9 @@ def load_directory(directory: Path) -> Predictor:
 
 def pipeline_model_dir(name: str) -> Path:
     """data/models/<name> (train@<name>), or where classifier.py says the pipeline keeps `name`."""
-    from . import classifier
+    from .classifier import model_dir
 
-    locate = getattr(classifier, "model_dir", None)
-    return Path(locate(name)) if callable(locate) else MODELS_DIR / name
+    return model_dir(name)
 
 
 def pipeline_models() -> list[str]:

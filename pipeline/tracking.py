@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import socket
 import sqlite3
@@ -13,7 +12,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-from .common import ROOT, PipelineError, process_alive, process_start, remove_dead_temporaries
+from .common import ROOT, PipelineError, file_digest, path_md5, process_alive, process_start, remove_dead_temporaries
 
 ARTIFACTS_DIR = "mlartifacts"
 MODEL_TAG = "model_md5"  # a run's tag: path_md5 of the model directory it saved
@@ -107,19 +106,6 @@ def _git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def path_md5(path: str | Path) -> str:
-    """md5 over a file, or over a directory's files (relative names and contents), sorted."""
-    path = Path(path)
-    digest = hashlib.md5()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def process_tags() -> dict[str, str]:
@@ -345,5 +331,5 @@ def log_splits(paths: list[str | Path], context: str) -> None:
 
     source = _dvc_path_source()
     for path in map(Path, paths):
-        digest = hashlib.md5(path.read_bytes()).hexdigest()
+        digest = file_digest(path, "md5")
         mlflow.log_input(MetaDataset(source(path.as_posix()), name=path.stem, digest=digest), context=context)

@@ -15,7 +15,7 @@ import pandas as pd
 from . import params as P
 from . import paths
 from .classifier import save_keras, save_sklearn, save_val_probs, stage_name
-from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json, write_text
+from .common import PipelineError, atomic_path, path_md5, read_json, remove_quietly, run_main, write_json, write_text
 from .models import get_spec
 from .keras_fit import seed_everything, sequence_length, train_keras_model
 from .sequences import id_batches
@@ -140,7 +140,7 @@ def flat_params(cfg: dict) -> dict:
 def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     import mlflow
 
-    from .tracking import MODEL_TAG, checked_tracking_uri, log_classifier, log_splits, path_md5, training_run
+    from .tracking import MODEL_TAG, checked_tracking_uri, log_classifier, log_splits, training_run
 
     cfg = load_config(name, params_file)
     spec = get_spec(name)

@@ -564,7 +564,7 @@ def test_fetch_glove_non_utf8_byte_names_line_and_file_offset(tmp_path, packed):
             archive.writestr("glove.6B.50d.txt", data)
     with pytest.raises(PipelineError) as exc:
         if packed:
-            fetch_glove.read_zip(tmp_path / "glove.6B.zip", 50, "glove.6B.zip")
+            fetch_glove.read_glove_zip(tmp_path / "glove.6B.zip", 50, "glove.6B.zip")
         else:
             fetch_glove.read_text_file(path, 50)
     name = "glove.6B.zip:glove.6B.50d.txt" if packed else str(path)

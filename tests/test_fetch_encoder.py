@@ -119,7 +119,7 @@ def test_url_source_takes_the_mirrors_model_folder_not_bare_file_names(model_dir
 
 @pytest.mark.parametrize("good_md5", [True, False], ids=["md5-ok", "md5-wrong"])
 def test_url_source_downloads_each_file_md5_checked(model_dir, expected, http_server, tmp_path, monkeypatch, good_md5):
-    from pipeline.download import file_digest
+    from pipeline.common import file_digest
 
     www, base = http_server
     for name in E.FILES:
