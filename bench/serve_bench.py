@@ -5,7 +5,7 @@
     python bench/serve_bench.py --model data/ensemble --model data/models/cbow --cli
 
 For each model and path (`served`: HTTP POSTs to /invocations of a scoring server this script
-starts on a free loopback port and stops; `in-process`: pipeline.predict's load_model + classify,
+starts on a free loopback port and stops; `in-process`: pipeline.predictor's load_model + pipeline.predict's classify,
 what the CLI does) and each mode (`single`: one document per request; `batch64`: 64 per request;
 in-process also `batch512`, the throughput the served batches are held to), sequential requests
 over test-set texts: requests/second, documents/second, p50/p95 latency. A model directory (with
@@ -53,7 +53,7 @@ def serving_uri(model: str) -> str:
 
     from pipeline.classifier import stage_name
     from pipeline.common import PipelineError
-    from pipeline.predict import pipeline_model_dir
+    from pipeline.predictor import pipeline_model_dir
     from pipeline.tracking import find_model_run, tracking_uri
 
     if "://" in model or model.startswith(("models:/", "runs:/")):
@@ -194,7 +194,8 @@ def cli_seconds(model: str, text: str, env: dict, repeats: int = 3) -> dict:
 
 
 def bench_model(model: str, args, uri: str, singles: list[list[str]], batches: list[list[str]], big: list[list[str]]) -> dict:
-    from pipeline.predict import classify, load_model
+    from pipeline.predict import classify
+    from pipeline.predictor import load_model
 
     print(f"in-process: loading {model}", file=sys.stderr)
     start = time.perf_counter()
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({k: v for k, v in QUIET_ENV.items() if k not in os.environ})
 
     from pipeline.common import PipelineError, write_json
-    from pipeline.predict import default_model_uri
+    from pipeline.predictor import default_model_uri
     from pipeline.tracking import tracking_uri
 
     uri = args.tracking_uri or tracking_uri()

@@ -183,11 +183,6 @@ def tiny_model(tmp_path_factory):
     return directory
 
 
-needs_predict = pytest.mark.xfail(not (ROOT / "pipeline" / "predict.py").exists(), strict=True,
-                                  reason="pipeline/predict.py (the predict CLI) is not written yet")
-
-
-@needs_predict
 def test_predict_input_over_10mb_is_refused(tiny_model, tmp_path):
     big = tmp_path / "big.txt"
     with open(big, "wb") as handle:
@@ -199,7 +194,6 @@ def test_predict_input_over_10mb_is_refused(tiny_model, tmp_path):
     assert stdout == ""
 
 
-@needs_predict
 def test_predict_input_of_10mb_is_classified(tiny_model, tmp_path):
     doc = tmp_path / "doc.txt"
     line = b"the engine and the brake of the car at the dealer\n"

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from pipeline import inputs
 from pipeline import predict as P
 from pipeline.common import PipelineError
 
@@ -190,7 +191,7 @@ def test_bad_input_is_one_line_and_exit_1(tiny_trained_project, tmp_path, case):
     binary.write_bytes(bytes(range(256)) * 4)
     big = tmp_path / "big.txt"
     with open(big, "wb") as handle:  # sparse: 10 MB + 1 byte, no time spent writing it
-        handle.truncate(P.MAX_INPUT_BYTES + 1)
+        handle.truncate(inputs.MAX_INPUT_BYTES + 1)
     args, stdin, needles = {
         "empty-arg": ([""], None, ["arg 1", "empty"]),
         "empty-stdin": ([], "", ["stdin", "empty"]),
@@ -205,7 +206,7 @@ def test_bad_input_is_one_line_and_exit_1(tiny_trained_project, tmp_path, case):
 
 
 def test_too_large_stdin_is_refused(tiny_trained_project):
-    assert_one_error(cli(tiny_trained_project, stdin=b"a" * (P.MAX_INPUT_BYTES + 1)), "stdin", "larger than 10 MB")
+    assert_one_error(cli(tiny_trained_project, stdin=b"a" * (inputs.MAX_INPUT_BYTES + 1)), "stdin", "larger than 10 MB")
 
 
 @pytest.mark.parametrize(
@@ -232,18 +233,18 @@ def test_missing_store_is_reported_not_created(tiny_trained_project, tmp_path):
 
 
 def test_decode_reads_text_refuses_binary():
-    assert P.decode("café\r\nline".encode("utf-8"), "x") == "café\nline"
-    assert P.decode("café".encode("latin-1"), "x") == "café"  # the corpus's own encoding
-    assert P.decode(b"\xef\xbb\xbfbom", "x") == "bom"
+    assert inputs.decode("café\r\nline".encode("utf-8"), "x") == "café\nline"
+    assert inputs.decode("café".encode("latin-1"), "x") == "café"  # the corpus's own encoding
+    assert inputs.decode(b"\xef\xbb\xbfbom", "x") == "bom"
     for blob in (b"text\x00more", bytes(range(1, 32)) * 10):
         with pytest.raises(PipelineError, match="binary"):
-            P.decode(blob, "x")
+            inputs.decode(blob, "x")
 
 
 def test_split_documents_by_line():
-    docs = P.split_documents("one\n\n  \ntwo", "f.txt", "f.txt", lines=True)
+    docs = inputs.split_inputs("one\n\n  \ntwo", "f.txt", "f.txt", lines=True)
     assert [(d.source, d.text, d.line) for d in docs] == [("f.txt:1", "one", 1), ("f.txt:4", "two", 4)]
-    assert P.split_documents("whole\ntext", "f.txt", "f.txt", lines=False)[0].source == "f.txt"
+    assert inputs.split_inputs("whole\ntext", "f.txt", "f.txt", lines=False)[0].source == "f.txt"
 
 
 def test_no_input_on_a_terminal_is_an_error():
