@@ -26,7 +26,7 @@ from .prepare import SCHEMA as PREPARE
 from .report import SCHEMA as REPORT
 from .tokenize import SCHEMA as TOKENIZE
 from .keras_fit import sequence_length
-from .train import MLFLOW_SCHEMA
+from .tracking import MLFLOW_SCHEMA
 
 OUT = paths.PARAMS_VALID
 CONTENT = "params.yaml: every section valid\n"

@@ -130,11 +130,11 @@ def build(members: list[str], pooling: str, seed: int, out: Path) -> dict:
 def main(argv: list[str]) -> None:
     import mlflow
 
-    from .tracking import MODEL_TAG, log_classifier, log_splits, training_run
+    from .tracking import MLFLOW_SCHEMA, MODEL_TAG, log_classifier, log_splits, training_run
 
     params = P.load_params()
-    cfg = P.validate(NAME, P.section(params, NAME), SCHEMA)
-    experiment = P.section(params, "mlflow.experiment")
+    cfg = P.stage_params(NAME, SCHEMA, params=params)
+    experiment = P.stage_params("mlflow", MLFLOW_SCHEMA, params=params)["experiment"]
     out = OUT
     remove_quietly(out, METRICS / f"{NAME}.json")
     flat = {"members": ",".join(cfg["members"]), "pooling": cfg["pooling"], "seed": cfg["seed"]}

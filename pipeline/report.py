@@ -122,9 +122,11 @@ def clean_up(experiment: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    from .tracking import MLFLOW_SCHEMA
+
     all_params = P.load_params()
-    cfg = P.validate("report", P.section(all_params, "report"), SCHEMA)
-    clean_up(P.string()("mlflow.experiment", P.section(all_params, "mlflow.experiment")))
+    cfg = P.stage_params("report", SCHEMA, params=all_params)
+    clean_up(P.stage_params("mlflow", MLFLOW_SCHEMA, params=all_params)["experiment"])
     models = P.list_of(P.string(), nonempty=True)("train.models", P.section(all_params, "train.models"))
     if ENSEMBLE in all_params:
         models.append(ENSEMBLE)

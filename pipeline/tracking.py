@@ -12,7 +12,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
+from . import params as P
 from .common import ROOT, PipelineError, file_digest, path_md5, process_alive, process_start, remove_dead_temporaries
+
+MLFLOW_SCHEMA = {"experiment": P.string()}  # params.yaml `mlflow`, read by every stage that logs a run
 
 ARTIFACTS_DIR = "mlartifacts"
 MODEL_TAG = "model_md5"  # a run's tag: path_md5 of the model directory it saved

@@ -27,16 +27,15 @@ MODELS = paths.MODELS
 METRICS = paths.TRAIN_METRICS
 HISTORY = paths.HISTORY
 
-MLFLOW_SCHEMA = {"experiment": P.string()}
-
-
 def load_config(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     """Validated params for one model, plus what it depends on (logged with the run)."""
+    from .tracking import MLFLOW_SCHEMA
+
     params = P.load_params(params_file)
     spec = get_spec(name)
     return {
-        "model": P.validate(f"train.{name}", P.section(params, f"train.{name}"), spec.schema),
-        "mlflow": P.validate("mlflow", P.section(params, "mlflow"), MLFLOW_SCHEMA),
+        "model": P.stage_params(f"train.{name}", spec.schema, params=params),
+        "mlflow": P.stage_params("mlflow", MLFLOW_SCHEMA, params=params),
         "prepare": P.section(params, "prepare"),
         "tokenize": P.section(params, "tokenize") if spec.kind == "keras" else {},
         "embeddings": {k: P.section(params, f"embeddings.{k}") for k in ("oov", "seed")} if spec.glove else {},
