@@ -36,9 +36,9 @@ def main() -> None:
     import numpy as np
 
     from pipeline import params as P
+    from pipeline.keras_fit import seed_everything, sequence_length, train_keras_model
     from pipeline.models import get_spec
     from pipeline.sequences import id_batches
-    from pipeline.keras_fit import seed_everything, sequence_length, train_keras_model
 
     data = args.project / "data"
     spec = get_spec(args.model)

@@ -41,8 +41,8 @@ def child(project: Path, models: list[str], epochs: int, threads: int) -> None:
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     from pipeline.common import read_json
-    from pipeline.models import get_spec
     from pipeline.keras_fit import seed_everything, sequence_length, train_keras_model
+    from pipeline.models import get_spec
     from pipeline.train import load_config
 
     for name in models:

@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import peak_rss  # noqa: E402
+
 PARTS = ("tfidf", "fasttext", "epoch", "repro")
 GIB = 1024**3
 
@@ -228,8 +229,8 @@ def keras_fit(name: str, data: Data, *, epochs: int | None = None, test_each_epo
     import numpy as np
 
     use_pipeline()
-    from pipeline.models import get_spec
     from pipeline.keras_fit import compile_model, make_dataset, min_length, seed_everything, train_keras_model
+    from pipeline.models import get_spec
 
     cfg = dict(data.model_cfg(name))
     if epochs is not None:

@@ -21,11 +21,11 @@ from .evaluate import SCHEMA as EVALUATE
 from .fetch_corpus import SCHEMA as FETCH_CORPUS
 from .fetch_encoder import SCHEMA as FETCH_ENCODER
 from .fetch_glove import SCHEMA as FETCH_GLOVE
+from .keras_fit import sequence_length
 from .models import REGISTRY, get_spec
 from .prepare import SCHEMA as PREPARE
 from .report import SCHEMA as REPORT
 from .tokenize import SCHEMA as TOKENIZE
-from .keras_fit import sequence_length
 from .tracking import MLFLOW_SCHEMA
 
 OUT = paths.PARAMS_VALID

@@ -212,7 +212,8 @@ class Classifier:
 
                 self.model = keras.saving.load_model(self.directory / "model.keras", custom_objects=custom_objects())
             text = meta["text"]
-            self.vectorizer = make_vectorizer(read_json(self.directory / "vocab.json"), text["max_len"], text["standardize"])
+            vocab = read_json(self.directory / "vocab.json")
+            self.vectorizer = make_vectorizer(vocab, text["max_len"], text["standardize"])
             self.graph = keras_graph(self.model, self.vectorizer)
             self.call = traced(self.graph)
         elif self.kind == ENSEMBLE:

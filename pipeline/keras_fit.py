@@ -61,7 +61,9 @@ def sequence_length(name: str, cfg: dict, tokenize_max_len: int) -> int:
         raise PipelineError(f"params.yaml: {key} = {max_len}: above tokenize.max_len {tokenize_max_len}")
     shortest = min_length(name, cfg) or 1
     if max_len < shortest:
-        raise PipelineError(f"params.yaml: {key} = {max_len}: {name} needs at least {shortest} tokens (kernel/pool sizes)")
+        raise PipelineError(
+            f"params.yaml: {key} = {max_len}: {name} needs at least {shortest} tokens (kernel/pool sizes)"
+        )
     return max_len
 
 

@@ -84,9 +84,11 @@ def parser() -> argparse.ArgumentParser:
                    help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a pipeline model "
                    "name (data/models/NAME) or a model directory (default: models:/newsgroups-classifier@champion)")
     p.add_argument("-k", "--top", type=int, default=3, metavar="K", help="groups to show per document (default 3)")
-    p.add_argument("--json", action="store_true", help="JSON lines: source, label and the top-k groups with probabilities")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines: source, label and the top-k groups with probabilities")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
-                   help="MLflow tracking store for models:/ and runs:/ (default: MLFLOW_TRACKING_URI or the project's mlflow.db)")
+                   help="MLflow tracking store for models:/ and runs:/ "
+                   "(default: MLFLOW_TRACKING_URI or the project's mlflow.db)")
     return p
 
 

@@ -47,7 +47,8 @@ def registry_defaults() -> tuple[str, str]:
         from . import params as P
 
         report = P.load_params(project_root() / P.PARAMS_FILE).get("report") or {}
-        return str(report.get("registered_model") or DEFAULT_REGISTERED_MODEL), str(report.get("alias") or DEFAULT_ALIAS)
+        name = str(report.get("registered_model") or DEFAULT_REGISTERED_MODEL)
+        return name, str(report.get("alias") or DEFAULT_ALIAS)
     except (PipelineError, AttributeError, OSError):
         return DEFAULT_REGISTERED_MODEL, DEFAULT_ALIAS
 
@@ -90,7 +91,8 @@ def check_registry_uri(model_uri: str, client) -> None:
             known = sorted(m.name for m in client.search_registered_models())
         except MlflowException:
             known = []
-        hint = f" (registered: {', '.join(known)})" if known else " (none registered: `dvc repro` registers the champion)"
+        none = " (none registered: `dvc repro` registers the champion)"
+        hint = f" (registered: {', '.join(known)})" if known else none
         raise PipelineError(f"{model_uri}: no registered model {name!r}{hint}") from None
     if alias is not None and alias not in (registered.aliases or {}):
         known = ", ".join(sorted(registered.aliases or {})) or "none"
@@ -154,7 +156,9 @@ def load_directory(directory: Path) -> Predictor:
         except PipelineError:
             raise
         except Exception as exc:
-            raise PipelineError(f"{directory}: cannot load the model ({type(exc).__name__}: {first_line(exc)})") from None
+            raise PipelineError(
+                f"{directory}: cannot load the model ({type(exc).__name__}: {first_line(exc)})"
+            ) from None
         return Predictor(str(directory), classifier.predict_frame)
     if (directory / "MLmodel").is_file():
         return load_mlflow(str(directory))

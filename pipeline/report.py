@@ -22,7 +22,8 @@ SCHEMA = {
 
 # The params worth a column: what distinguishes one run of a model from another.
 KEY_PARAMS = (
-    "members", "pooling", "subject_weight", "ngram_max", "hash_bits", "solver", "C", "alpha", "variant", "embedding", "embedding_dim",
+    "members", "pooling", "subject_weight", "ngram_max", "hash_bits", "solver", "C", "alpha", "variant", "embedding",
+    "embedding_dim",
     "trainable", "max_len", "units", "filters", "batch_size", "learning_rate", "dropout", "quantize",
 )
 
@@ -54,7 +55,8 @@ def gather(models: list[str], all_params: dict) -> list[dict]:
     # What a model costs to build: an ensemble's weight fit is quick, but it needs its members.
     seconds = {r["model"]: r["train_seconds"] for r in rows}
     for r in rows:
-        r["build_seconds"] = round(r["train_seconds"] + sum(seconds.get(m, 0.0) for m in r["params"].get("members", [])), 1)
+        members = sum(seconds.get(m, 0.0) for m in r["params"].get("members", []))
+        r["build_seconds"] = round(r["train_seconds"] + members, 1)
     return rows
 
 
@@ -141,16 +143,19 @@ def main(argv: list[str]) -> None:
     write_json(
         SUMMARY_JSON,
         {
-            "champion": {"model": best["model"], "chosen_by": "val_accuracy", "registered_model": cfg["registered_model"],
+            "champion": {"model": best["model"], "chosen_by": "val_accuracy",
+                         "registered_model": cfg["registered_model"],
                          "alias": cfg["alias"], "version": version},
             "fast": {**fast, "chosen_by": "val_accuracy", "slow_models": cfg["slow_models"]},
             "models": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows},
         },
     )
     write_text(SUMMARY_MD, markdown(rows, best))
-    print(f"report: champion {best['model']} (val {best['val_accuracy']:.4f}) -> models:/{cfg['registered_model']}@{cfg['alias']} v{version}")
+    print(f"report: champion {best['model']} (val {best['val_accuracy']:.4f}) "
+          f"-> models:/{cfg['registered_model']}@{cfg['alias']} v{version}")
     if quick is not None:
-        print(f"report: fast {quick['model']} (val {quick['val_accuracy']:.4f}) -> models:/{cfg['registered_model']}@{cfg['fast_alias']} v{fast['version']}")
+        print(f"report: fast {quick['model']} (val {quick['val_accuracy']:.4f}) "
+              f"-> models:/{cfg['registered_model']}@{cfg['fast_alias']} v{fast['version']}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 (the vectorizer and its conventions: sequences.py)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 

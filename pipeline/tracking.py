@@ -101,7 +101,8 @@ def setup(experiment: str):
                     raise
         return mlflow.set_experiment(experiment)
     except Exception as exc:  # unreachable server, locked or corrupt store: say so in one line
-        raise PipelineError(f"MLflow tracking at {tracking_uri()}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise PipelineError(f"MLflow tracking at {tracking_uri()}: {type(exc).__name__}: {first}") from None
 
 
 def _git(*args: str) -> str:
@@ -215,7 +216,9 @@ def find_model_run(directory: str | Path, stage: str) -> str:
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     found = client.search_runs(
-        experiments, filter_string=f"tags.{MODEL_TAG} = '{digest}' and tags.dvc_stage = '{stage}' and attributes.status = 'FINISHED'",
+        experiments,
+        filter_string=f"tags.{MODEL_TAG} = '{digest}' and tags.dvc_stage = '{stage}' "
+        "and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1,
     ) if experiments else []
     if not found:
@@ -289,7 +292,8 @@ def pyfunc_model(model_dir: Path, classes: list[str], example: list[str]) -> dic
 def log_classifier(model_dir: Path, classes: list[str], example: list[str], registered_name: str | None = None):
     import mlflow
 
-    return mlflow.pyfunc.log_model(name="model", registered_model_name=registered_name, **pyfunc_model(model_dir, classes, example))
+    return mlflow.pyfunc.log_model(name="model", registered_model_name=registered_name,
+                                   **pyfunc_model(model_dir, classes, example))
 
 
 @functools.cache

@@ -16,8 +16,8 @@ from . import params as P
 from . import paths
 from .classifier import save_keras, save_sklearn, save_val_probs, stage_name
 from .common import PipelineError, atomic_path, path_md5, read_json, remove_quietly, run_main, write_json, write_text
-from .models import get_spec
 from .keras_fit import seed_everything, sequence_length, train_keras_model
+from .models import get_spec
 from .sequences import id_batches
 
 PREPARED = paths.PREPARED

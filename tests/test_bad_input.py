@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from faultkit import assert_one_line_error, run_stage, stage_dir, temporaries, tree_digest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import GROUPS, ROOT, glove_words, make_glove, make_project, message, run
 
 from bench import peak_rss
-from faultkit import assert_one_line_error, run_stage, stage_dir, temporaries, tree_digest
-from tiny import GROUPS, ROOT, glove_words, make_glove, make_project, message, run
 
 MB = 1024 * 1024
 

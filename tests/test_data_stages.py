@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from tiny import GROUPS, ROOT, QuietHandler, make_archive, make_glove, tiny_params, write_params
 
 from pipeline import embeddings, fetch_corpus, fetch_glove, prepare, sequences, tokenize
 from pipeline import params as P
 from pipeline.common import MIRROR_ENV, PipelineError, run_main
 from pipeline.corpus import iter_documents
 from pipeline.models import get_spec
-from tiny import GROUPS, ROOT, QuietHandler, make_archive, make_glove, tiny_params, write_params
 
 ARCHIVE = "20news-bydate.tar.gz"
 

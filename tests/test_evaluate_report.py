@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny import GROUPS, TOPIC_WORDS, tiny_params, write_params
 
 from pipeline import evaluate, report
+from pipeline import params as P
 from pipeline.classifier import Classifier, save_sklearn
 from pipeline.common import PipelineError
 from pipeline.models import REGISTRY, get_spec
-from pipeline import params as P
-from tiny import GROUPS, TOPIC_WORDS, tiny_params, write_params
 
 # ---------------------------------------------------------------- score
 

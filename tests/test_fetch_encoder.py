@@ -9,12 +9,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from tiny import file_sha256, make_encoder, make_wheel, tiny_params, write_params
 
 from pipeline import encoder as E
 from pipeline import fetch_encoder as F
 from pipeline import params as P
 from pipeline.common import MIRROR_ENV, PipelineError
-from tiny import file_sha256, make_encoder, make_wheel, tiny_params, write_params
 
 UNREACHABLE = "http://127.0.0.1:9/unreachable"
 
