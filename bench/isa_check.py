@@ -35,12 +35,16 @@ def child(project: Path, models: list[str], epochs: int, threads: int) -> None:
     """In a process whose environment is already set: train each model, print one JSON line each."""
     os.chdir(project)
     sys.path.insert(0, str(ROOT))
+    import pipeline  # noqa: F401  (first: its ISA pin applies when ONEDNN_MAX_CPU_ISA is unset)
+
+    # isort: split
+
     import numpy as np
     import tensorflow as tf
 
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-    from pipeline.common import read_json
+    from pipeline.common import cpu_record, read_json
     from pipeline.keras_fit import seed_everything, sequence_length, train_keras_model
     from pipeline.models import get_spec
     from pipeline.train import load_config
@@ -59,19 +63,19 @@ def child(project: Path, models: list[str], epochs: int, threads: int) -> None:
         fit = train_keras_model(name, cfg, model, x, y, verbose=0)
         seconds = time.perf_counter() - start
         digest = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in model.get_weights())).hexdigest()
-        print(json.dumps({"model": name, "sha256": digest[:16], "seconds": round(seconds, 2),
+        print(json.dumps({"model": name, "sha256": digest[:16], "seconds": round(seconds, 2), **cpu_record(),
                           "val_accuracy": round(float(fit.history["val_accuracy"][-1]), 4)}), flush=True)
 
 
-def tiny_project(base: Path, per_group: int) -> Path:
+def tiny_project(base: Path, per_group: int, models: list[str]) -> Path:
     """tests/tiny.py's generated project with `per_group` training documents per group, built up
     to its embeddings by `dvc repro`."""
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny import make_archive, make_project, run, tiny_params, write_params
 
-    repo, env = make_project(base, ["cnn", "lstm", "cbow"])
+    repo, env = make_project(base, models)
     counts = make_archive(base / "mirror" / "20news-bydate.tar.gz", train_per_group=per_group, test_per_group=10)
-    write_params(repo / "params.yaml", tiny_params(str(base / "glove.tiny.50d.txt"), counts, ["cnn", "lstm", "cbow"]))
+    write_params(repo / "params.yaml", tiny_params(str(base / "glove.tiny.50d.txt"), counts, models))
     run(["dvc", "repro", "-q", "embeddings"], repo, env)
     return repo
 
@@ -92,7 +96,8 @@ def main() -> None:
     ap.add_argument("--docs-per-group", type=int, default=700, help="tiny corpus: training documents per group (3 groups)")
     ap.add_argument("--models", default="cnn,lstm,cbow")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--isa", default="default,AVX2,AVX,SSE41", help="ONEDNN_MAX_CPU_ISA values (default: unset)")
+    ap.add_argument("--isa", default="default,AVX2,AVX,SSE41",
+                    help="ONEDNN_MAX_CPU_ISA values (default: unset, so the pipeline's own cap applies)")
     ap.add_argument("--onednn-opts", default="default,0", help="TF_ENABLE_ONEDNN_OPTS values (default: unset)")
     ap.add_argument("--threads", default="2,1", help="intra-op threads (0: TensorFlow's choice)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -101,7 +106,7 @@ def main() -> None:
     if args.child:
         return child(args.project, models, args.epochs, int(args.threads))
     with tempfile.TemporaryDirectory(prefix="isa_check_") as tmp:
-        project = args.project.resolve() if args.project else tiny_project(Path(tmp), args.docs_per_group)
+        project = args.project.resolve() if args.project else tiny_project(Path(tmp), args.docs_per_group, models)
         rows = []
         grid = itertools.product(args.onednn_opts.split(","), args.threads.split(","), args.isa.split(","))
         for opts, threads, isa in grid:

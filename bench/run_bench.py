@@ -619,6 +619,21 @@ def changed_value(old, given: str | None):
     raise SystemExit(f"error: --change: give a value for a non-numeric param (now {old!r})")
 
 
+def git_rev(project: Path, rev: str) -> str:
+    proc = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=project, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"error: --baseline {rev}: not a commit of {project}")
+    return proc.stdout.strip()
+
+
+def export_rev(project: Path, rev: str, dest: Path) -> Path:
+    """The files of commit `rev` of the git repo `project` (no history) in `dest`."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=project, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
 def make_repro_copy(src: Path, dest: Path, copy: list[str], models: list[str] | None, env: dict) -> None:
     import yaml
 
@@ -658,12 +673,12 @@ def part_repro(args, work: Path, source: Path, mirror: Path | None, calibration:
     dvc = str(Path(sys.executable).parent / "dvc") if (Path(sys.executable).parent / "dvc").exists() else "dvc"
     targets = [t for t in (args.repro_target or "").split(",") if t]
 
-    def repro(label: str) -> dict:
-        res = run_measured([dvc, "repro", *targets], repo, env, logs / f"{label}.log")
+    def repro(label: str, where: Path = repo) -> dict:
+        res = run_measured([dvc, "repro", *targets], where, env, logs / f"{label}.log")
         records = take_stage_records(stage_log)
         if res["returncode"]:
             tail = "\n".join(res["output"].splitlines()[-30:])
-            raise SystemExit(f"error: dvc repro ({label}) failed with {res['returncode']} in {repo}:\n{tail}")
+            raise SystemExit(f"error: dvc repro ({label}) failed with {res['returncode']} in {where}:\n{tail}")
         return {
             "seconds": r3(res["seconds"]),
             "calibration_units": ratio(res["seconds"], calibration),
@@ -674,11 +689,22 @@ def part_repro(args, work: Path, source: Path, mirror: Path | None, calibration:
 
     out = {"project": str(repo), "mirror": str(mirror) if mirror else None, "targets": targets or None,
            "models": yaml.safe_load((repo / "params.yaml").read_text())["train"]["models"]}
+    if args.baseline:  # the same from-scratch repro of another commit, first, on the same machine
+        rev = git_rev(source, args.baseline)
+        base_repo = work / "baseline"
+        make_repro_copy(export_rev(source, rev, work / "baseline-src"), base_repo, args.copy, models, env)
+        log(f"repro: baseline {rev[:12]}: full `dvc repro` from scratch in {base_repo}")
+        baseline = repro("baseline", base_repo)
+        baseline["rev"] = rev
+        out["baseline"] = baseline
+        log(f"repro: baseline {baseline['seconds']} s, {len(baseline['stages_run'])} stages")
     log(f"repro: full `dvc repro` from scratch in {repo} (this is the long one)")
     full = repro("full")
     stage_sum = sum(s["seconds"] for s in full["stages"].values())
     full["stage_seconds_total"] = r3(stage_sum)
     full["dvc_overhead_ratio"] = ratio(full["seconds"], stage_sum)  # repro wall / its stages' wall
+    if args.baseline:
+        full["ratio_to_baseline"] = ratio(full["seconds"], out["baseline"]["seconds"])
     out["full"] = full
     log(f"repro: full {full['seconds']} s, {len(full['stages_run'])} stages")
 
@@ -851,6 +877,9 @@ def table(results: dict) -> str:
     if rp:
         rows.append(("full dvc repro s | its stages' s", fmt(rp["full"]["seconds"]), fmt(rp["full"]["stage_seconds_total"]),
                      fmt(rp["full"]["dvc_overhead_ratio"])))
+        if rp.get("baseline"):
+            rows.append((f"full dvc repro s | baseline {rp['baseline']['rev'][:7]}'s", fmt(rp["full"]["seconds"]),
+                         fmt(rp["baseline"]["seconds"]), fmt(rp["full"]["ratio_to_baseline"])))
         noop = rp["noop"]
         # The calibration of the invocation that ran this part (a --merge run brings its own).
         cal = noop["seconds"] / noop["calibration_units"] if noop.get("calibration_units") else None
@@ -867,6 +896,12 @@ def table(results: dict) -> str:
             for name, s in part["stages"].items():
                 stage_rows.append((label + name, fmt(s["seconds"]), fmt(s["peak_rss_mib"]), fmt(s["cpu_seconds"])))
         lines += [""] + _md(stage_rows)
+        if rp.get("baseline"):
+            base = rp["baseline"]["stages"]
+            cmp_rows = [("stage (full repro)", "seconds", f"baseline {rp['baseline']['rev'][:7]} s")]
+            for name in [*rp["full"]["stages"], *(n for n in base if n not in rp["full"]["stages"])]:
+                cmp_rows.append((name, fmt(rp["full"]["stages"].get(name, {}).get("seconds")), fmt(base.get(name, {}).get("seconds"))))
+            lines += [""] + _md(cmp_rows)
     target = [("target", "value", "wanted", "met")]
     for row in results.get("targets", []):
         target.append((row["name"], fmt(row["value"]), row["target"] or "(none set)", {True: "yes", False: "NO", None: "-"}[row["met"]]))
@@ -941,6 +976,8 @@ def parse_args(argv):
     g.add_argument("--copy", default=",".join(COPY_DEFAULT), help="comma-separated files/dirs copied into the temp project")
     g.add_argument("--repro-models", help="comma-separated train.models for the copy (default: as in params.yaml)")
     g.add_argument("--repro-target", help="comma-separated stages given to every dvc repro (default: none, all stages)")
+    g.add_argument("--baseline", metavar="REV", help="also time a from-scratch repro of this commit of --project, first, "
+                                                     "and report the full repro's ratio to it (e.g. --baseline dc31c61)")
     g.add_argument("--change", help="KEY[=VALUE] changed before the last repro, e.g. train.cbow.epochs=30 "
                                     "(default: train.<first model>.seed + 1; no VALUE: ints +1, floats /2, bools flipped)")
     args = p.parse_args(argv)

@@ -1,0 +1,12 @@
+"""The 20 Newsgroups pipeline: one module per DVC stage, plus the libraries they share."""
+import os
+
+# oneDNN, behind TensorFlow's CPU kernels and matrix products, picks its code by the CPU's
+# instruction set at run time, and the kernels round differently: capped at one level every
+# x86-64 CPU of the last decade has, training gives the same weights on all of them
+# (docs/reproducibility.md). Read before TensorFlow's first op; a value the user set wins.
+CPU_ISA = "AVX2"
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", CPU_ISA)
+# TensorFlow's C++ notices (oneDNN, CPU features); the ones printed before logging is set up
+# are hidden by common.import_tensorflow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

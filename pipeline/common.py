@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import sys
@@ -237,3 +238,45 @@ def silenced_fd2() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
 
+
+
+def import_tensorflow():
+    """TensorFlow, imported and its devices set up with the notices it writes to file descriptor
+    2 hidden (no CUDA driver, oneDNN): the stages' stderr stays for real errors."""
+    with silenced_fd2():
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()  # the failed CUDA probe logs an error line here
+    return tf
+
+
+# oneDNN's names for the instruction-set levels, lowest first, with the /proc/cpuinfo flag that
+# marks each (AVX512_CORE also needs avx512bw/vl/dq, which every CPU with avx512f and AVX-512 in
+# oneDNN's sense has).
+ISA_LEVELS = {"SSE41": "sse4_1", "AVX": "avx", "AVX2": "avx2", "AVX512_CORE": "avx512f"}
+
+
+def cpu_record() -> dict:
+    """The CPU a model is trained on and the instruction-set level oneDNN uses on it: the lower of
+    the CPU's own and the ONEDNN_MAX_CPU_ISA cap (as named by oneDNN; the cap as given when it
+    is not one of ISA_LEVELS)."""
+    name, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    levels = list(ISA_LEVELS)
+    own = [level for level, flag in ISA_LEVELS.items() if flag in flags]
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if own and cap in levels:
+        used = levels[min(levels.index(own[-1]), levels.index(cap))]
+    elif own and cap == "ALL":
+        used = own[-1]
+    else:
+        used = cap
+    return {"cpu": name or platform.processor() or platform.machine(), "cpu_isa": used}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import PipelineError
+from .common import PipelineError, import_tensorflow
 from .models import get_spec
 from .sequences import without_autotune
 
 
 def seed_everything(seed: int) -> None:
+    tf = import_tensorflow()
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -99,6 +99,7 @@ def train_keras_model(name: str, cfg: dict, model, x: dict, y: dict, callbacks: 
         make_dataset(x["train"], y["train"], cfg["batch_size"], cfg["seed"], floor),
         validation_data=make_dataset(x["val"], y["val"], 512, None, floor),
         epochs=cfg["epochs"],
+        shuffle=False,  # make_dataset shuffles; Keras would warn that it ignores its own for a dataset
         callbacks=[stop, *callbacks],
         verbose=verbose,
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import paths
-from .common import read_json
+from .common import import_tensorflow, read_json
 
 TOKENIZED = paths.TOKENIZED
 
@@ -20,6 +20,7 @@ TOKENIZED = paths.TOKENIZED
 def make_vectorizer(vocabulary: list[str] | None, max_len: int, standardize: str, max_tokens: int | None = None):
     """The one way this project turns text into ids: used to adapt, to encode, and inside the
     raw-text models that are logged to MLflow."""
+    import_tensorflow()
     import keras
 
     layer = keras.layers.TextVectorization(

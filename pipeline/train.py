@@ -15,7 +15,17 @@ import pandas as pd
 from . import params as P
 from . import paths
 from .classifier import save_keras, save_sklearn, save_val_probs, stage_name
-from .common import PipelineError, atomic_path, path_md5, read_json, remove_quietly, run_main, write_json, write_text
+from .common import (
+    PipelineError,
+    atomic_path,
+    cpu_record,
+    path_md5,
+    read_json,
+    remove_quietly,
+    run_main,
+    write_json,
+    write_text,
+)
 from .keras_fit import seed_everything, sequence_length, train_keras_model
 from .models import get_spec
 from .sequences import id_batches
@@ -26,6 +36,7 @@ EMBEDDINGS = paths.EMBEDDINGS
 MODELS = paths.MODELS
 METRICS = paths.TRAIN_METRICS
 HISTORY = paths.HISTORY
+
 
 def load_config(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     """Validated params for one model, plus what it depends on (logged with the run)."""
@@ -125,6 +136,8 @@ def summary(name: str, result: dict, run_id: str) -> dict:
         "best_epoch": result["best_epoch"],
         "epochs_run": len(result["history"]),
         "train_seconds": round(result["seconds"], 1),
+        # what a result depends on beyond params and data (docs/reproducibility.md)
+        **cpu_record(),
         "mlflow_run_id": run_id,
     }
 
@@ -165,7 +178,7 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
                 mlflow.log_metrics({k: v for k, v in result["history"][0].items() if k != "epoch"}, step=0)
             report = summary(name, result, run_id)
             mlflow.log_metrics({"best_val_accuracy": report["val_accuracy"], "train_seconds": report["train_seconds"]})
-            mlflow.set_tag(MODEL_TAG, path_md5(tmp))
+            mlflow.set_tags({MODEL_TAG: path_md5(tmp), "cpu": report["cpu"], "cpu_isa": report["cpu_isa"]})
             val_text = pd.read_parquet(paths.split_file("val"))["text"].head(2).tolist()
             log_classifier(tmp, result["classes"], val_text)
         write_json(METRICS / f"{name}.json", report)

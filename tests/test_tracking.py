@@ -17,7 +17,7 @@ from tiny import GROUPS, make_archive, make_encoder, make_glove, tiny_params, wr
 from pipeline import embeddings, encode, fetch_corpus, fetch_encoder, fetch_glove, prepare, tokenize, tracking
 from pipeline import models as M
 from pipeline import train as T
-from pipeline.common import MIRROR_ENV, ROOT, PipelineError
+from pipeline.common import MIRROR_ENV, ROOT, PipelineError, cpu_record
 
 EXPERIMENT = "tiny"
 KERAS, SKLEARN, ENCODER = "cbow", "tfidf_logreg", "minilm_logreg"
@@ -123,6 +123,8 @@ def check_common(run, name: str, report: dict, project: dict) -> None:
     assert report["mlflow_run_id"] == run.info.run_id
     assert not Path(f"data/models/{name}/run.json").exists()  # a run id would change the model's hash
     assert tags["model_md5"] == tracking.path_md5(f"data/models/{name}")
+    # the CPU the result depends on, as the metrics file has it (docs/reproducibility.md)
+    assert {k: report[k] for k in ("cpu", "cpu_isa")} == {k: tags[k] for k in ("cpu", "cpu_isa")} == cpu_record()
     assert tracking.find_model_run(f"data/models/{name}", f"train@{name}") == run.info.run_id
     assert json.loads(Path(f"metrics/train/{name}.json").read_text()) == report
 
