@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """One seeded trial of a Keras model of the registry with some params changed, on a built project's
-data, through pipeline/train.py's own fit (seed_everything, builder, length-cut batches, Adam,
+data, through the train stage's own fit (pipeline/keras_fit.py: seed_everything, builder, length-cut batches, Adam,
 early stopping on val_accuracy restoring the best weights). Prints one JSON line: the best val
 accuracy (what settings are chosen by), the test accuracy of the restored model on full-length
 inputs as the evaluate stage sees them (reported, never chosen by), the best epoch, the epochs
@@ -36,9 +36,9 @@ def main() -> None:
     import numpy as np
 
     from pipeline import params as P
+    from pipeline.keras_fit import seed_everything, sequence_length, train_keras_model
     from pipeline.models import get_spec
-    from pipeline.tokenize import id_batches
-    from pipeline.train import seed_everything, sequence_length, train_keras_model
+    from pipeline.sequences import id_batches
 
     data = args.project / "data"
     spec = get_spec(args.model)

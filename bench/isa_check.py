@@ -4,8 +4,8 @@
 oneDNN (TensorFlow's CPU kernels, and the matrix products behind its own ops) picks its code by
 the instruction set at run time; ONEDNN_MAX_CPU_ISA caps that choice, so one machine can stand in
 for older ones. For every environment in the grid (ISA cap x TF_ENABLE_ONEDNN_OPTS x intra-op
-threads) a fresh process trains each model for --epochs through pipeline/train.py's own code
-(seed_everything, the registry's builder, train_keras_model) and prints a SHA-256 of the weights
+threads) a fresh process trains each model for --epochs through the train stage's own code
+(pipeline/keras_fit.py: seed_everything, the registry's builder, train_keras_model) and prints a SHA-256 of the weights
 and the fit time; environments giving the same digest give bit-identical weights.
 
     python bench/isa_check.py                            # tiny generated corpus, cnn/lstm/cbow
@@ -37,14 +37,17 @@ def child(project: Path, models: list[str], epochs: int, threads: int) -> None:
     sys.path.insert(0, str(ROOT))
     import pipeline  # noqa: F401  (first: its ISA pin applies when ONEDNN_MAX_CPU_ISA is unset)
 
+    # isort: split
+
     import numpy as np
     import tensorflow as tf
 
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     from pipeline.common import cpu_record, read_json
+    from pipeline.keras_fit import seed_everything, sequence_length, train_keras_model
     from pipeline.models import get_spec
-    from pipeline.train import load_config, seed_everything, sequence_length, train_keras_model
+    from pipeline.train import load_config
 
     for name in models:
         cfg = {**load_config(name)["model"], "epochs": epochs}

@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import peak_rss  # noqa: E402
+
 PARTS = ("tfidf", "fasttext", "epoch", "repro")
 GIB = 1024**3
 
@@ -169,8 +170,6 @@ def part_tfidf(data: Data, args) -> dict:
     x_test, y_test = test["text"].tolist(), test["label"].to_numpy()
 
     def vectorizer():  # the very TfidfVectorizer our model uses (same params section)
-        if hasattr(models, "_tfidf"):
-            return models._tfidf(cfg)
         return models.get_spec("tfidf_logreg").build(cfg).steps[0][1]
 
     builders = {
@@ -217,7 +216,7 @@ def padded_batches(x, y, batch_size: int, seed: int | None):
 
 def keras_fit(name: str, data: Data, *, epochs: int | None = None, test_each_epoch: bool = True,
               threshold: float | None = None, verbose: int = 0, plain: bool = False) -> dict:
-    """Train one Keras model of the registry through pipeline/train.py's `train_keras_model` (same
+    """Train one Keras model of the registry through pipeline/keras_fit.py's `train_keras_model` (same
     builder, seed, batches, optimizer, loss, early stopping on val_accuracy), timing every epoch.
 
     With `plain`, the straightforward version instead: the model's layers and optimizer, but every
@@ -230,8 +229,8 @@ def keras_fit(name: str, data: Data, *, epochs: int | None = None, test_each_epo
     import numpy as np
 
     use_pipeline()
+    from pipeline.keras_fit import compile_model, make_dataset, min_length, seed_everything, train_keras_model
     from pipeline.models import get_spec
-    from pipeline.train import compile_model, make_dataset, min_length, seed_everything, train_keras_model
 
     cfg = dict(data.model_cfg(name))
     if epochs is not None:

@@ -5,7 +5,7 @@
     python bench/serve_bench.py --model data/ensemble --model data/models/cbow --cli
 
 For each model and path (`served`: HTTP POSTs to /invocations of a scoring server this script
-starts on a free loopback port and stops; `in-process`: pipeline.predict's load_model + classify,
+starts on a free loopback port and stops; `in-process`: pipeline.predictor's load_model + pipeline.predict's classify,
 what the CLI does) and each mode (`single`: one document per request; `batch64`: 64 per request;
 in-process also `batch512`, the throughput the served batches are held to), sequential requests
 over test-set texts: requests/second, documents/second, p50/p95 latency. A model directory (with
@@ -51,8 +51,9 @@ def serving_uri(model: str) -> str:
     project's store by the directory's md5, tracking.find_model_run)."""
     import mlflow
 
+    from pipeline.classifier import stage_name
     from pipeline.common import PipelineError
-    from pipeline.predict import pipeline_model_dir
+    from pipeline.predictor import pipeline_model_dir
     from pipeline.tracking import find_model_run, tracking_uri
 
     if "://" in model or model.startswith(("models:/", "runs:/")):
@@ -64,7 +65,7 @@ def serving_uri(model: str) -> str:
     try:
         name = json.loads((directory / "meta.json").read_text())["model"]
         mlflow.set_tracking_uri(tracking_uri())
-        run_id = find_model_run(directory, "ensemble" if name == "ensemble" else f"train@{name}")
+        run_id = find_model_run(directory, stage_name(name))
     except (OSError, ValueError, KeyError, PipelineError) as exc:
         raise BenchError(f"model {model!r}: no logged model to serve for {directory} ({exc})") from None
     return f"runs:/{run_id}/model"
@@ -162,10 +163,10 @@ def saved_model(directory: Path, tmp: Path) -> str:
 
 def member_shares(directory: Path, singles: list[list[str]], warmup: int, max_seconds: float) -> dict:
     """Each member's in-process single-document p50 (ms), for an ensemble directory."""
-    from pipeline.classifier import Classifier
+    from pipeline.classifier import ENSEMBLE, Classifier
 
     ensemble = Classifier(directory)
-    if ensemble.kind != "ensemble":
+    if ensemble.kind != ENSEMBLE:
         return {}
     shares = {}
     for member in ensemble.members:
@@ -193,7 +194,8 @@ def cli_seconds(model: str, text: str, env: dict, repeats: int = 3) -> dict:
 
 
 def bench_model(model: str, args, uri: str, singles: list[list[str]], batches: list[list[str]], big: list[list[str]]) -> dict:
-    from pipeline.predict import classify, load_model
+    from pipeline.predict import classify
+    from pipeline.predictor import load_model
 
     print(f"in-process: loading {model}", file=sys.stderr)
     start = time.perf_counter()
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({k: v for k, v in QUIET_ENV.items() if k not in os.environ})
 
     from pipeline.common import PipelineError, write_json
-    from pipeline.predict import default_model_uri
+    from pipeline.predictor import default_model_uri
     from pipeline.tracking import tracking_uri
 
     uri = args.tracking_uri or tracking_uri()

@@ -9,10 +9,10 @@ does not delete it either.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 from . import params as P
+from . import paths
 from .common import PipelineError, run_main, write_text
 from .embeddings import SCHEMA as EMBEDDINGS
 from .encode import SCHEMA as ENCODE
@@ -21,13 +21,14 @@ from .evaluate import SCHEMA as EVALUATE
 from .fetch_corpus import SCHEMA as FETCH_CORPUS
 from .fetch_encoder import SCHEMA as FETCH_ENCODER
 from .fetch_glove import SCHEMA as FETCH_GLOVE
+from .keras_fit import sequence_length
 from .models import REGISTRY, get_spec
 from .prepare import SCHEMA as PREPARE
 from .report import SCHEMA as REPORT
 from .tokenize import SCHEMA as TOKENIZE
-from .train import MLFLOW_SCHEMA, sequence_length
+from .tracking import MLFLOW_SCHEMA
 
-OUT = Path("data/params_valid")
+OUT = paths.PARAMS_VALID
 CONTENT = "params.yaml: every section valid\n"
 
 

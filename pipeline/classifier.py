@@ -16,11 +16,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from . import paths
 from .common import PipelineError, read_json, silenced_fd2, write_json
 
 META = "meta.json"
 SKLEARN_MODEL = "model.pkl"  # a scikit-learn Pipeline taking raw text
 VAL_PROBS = "val_probs.npy"  # the model's validation probabilities, saved by its train stage for the ensemble
+ENSEMBLE = "ensemble"  # the ensemble stage's model: its name, and its kind in meta.json
 POOLINGS = ("log", "linear")
 EPS = 1e-9  # floor for member probabilities under log pooling (a member sure of another class is not a veto)
 
@@ -48,7 +50,12 @@ def pool(probs: Sequence[np.ndarray], weights: np.ndarray, pooling: str) -> np.n
 
 def model_dir(name: str) -> Path:
     """Where the pipeline keeps the model called `name` (train@<name>, or the ensemble stage)."""
-    return Path("data/ensemble") if name == "ensemble" else Path("data/models") / name
+    return paths.ENSEMBLE if name == ENSEMBLE else paths.MODELS / name
+
+
+def stage_name(name: str) -> str:
+    """The DVC stage that builds the model called `name`, also its MLflow run's name."""
+    return ENSEMBLE if name == ENSEMBLE else f"train@{name}"
 
 
 def save_sklearn(directory: Path, pipeline, classes: list[str], name: str) -> None:
@@ -120,7 +127,7 @@ def without_save_time(path: Path) -> None:
 def read_ensemble(directory: Path) -> tuple[list[str], np.ndarray, str, list[str]]:
     """An ensemble directory's members, weights, pooling and classes."""
     meta = read_json(directory / META)
-    pooling = meta.get("pooling", "linear")  # ensembles saved before log pooling existed
+    pooling = meta.get("pooling")
     if pooling not in POOLINGS:
         raise PipelineError(f"{directory / META}: unknown pooling {pooling!r}")
     return list(meta["members"]), np.asarray(meta["weights"], dtype=np.float64), pooling, list(meta["classes"])
@@ -195,7 +202,7 @@ class Classifier:
             self.steps = sklearn_steps(self.model)
         elif self.kind == "keras":
             from .models import custom_objects
-            from .tokenize import make_vectorizer
+            from .sequences import make_vectorizer
 
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             # TensorFlow's C++ side writes notices to file descriptor 2 on import and device set-up
@@ -205,10 +212,11 @@ class Classifier:
 
                 self.model = keras.saving.load_model(self.directory / "model.keras", custom_objects=custom_objects())
             text = meta["text"]
-            self.vectorizer = make_vectorizer(read_json(self.directory / "vocab.json"), text["max_len"], text["standardize"])
+            vocab = read_json(self.directory / "vocab.json")
+            self.vectorizer = make_vectorizer(vocab, text["max_len"], text["standardize"])
             self.graph = keras_graph(self.model, self.vectorizer)
             self.call = traced(self.graph)
-        elif self.kind == "ensemble":
+        elif self.kind == ENSEMBLE:
             members, self.weights, self.pooling, _ = read_ensemble(self.directory)
             self.members = [Classifier(self.directory / m) for m in members]
             # the Keras members in one graph: one call a batch, and TensorFlow runs them side by side

@@ -1,7 +1,8 @@
-"""Helpers every stage shares: one-line errors, atomic outputs, JSON, the mirror directory."""
+"""Helpers every stage shares: one-line errors, atomic outputs, JSON, digests, the mirror directory."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -164,6 +165,30 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
         if isinstance(exc, OSError):
             raise PipelineError(f"{target}: not written ({os_error_text(exc)})") from None
         raise
+
+
+def _hash_file(digest, path: str | os.PathLike) -> None:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """A file's hex digest (`algorithm`: a hashlib name such as md5 or sha256)."""
+    digest = hashlib.new(algorithm)
+    _hash_file(digest, path)
+    return digest.hexdigest()
+
+
+def path_md5(path: str | os.PathLike) -> str:
+    """md5 over a file, or over a directory's files (relative names and contents), sorted."""
+    path = Path(path)
+    digest = hashlib.md5()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
+        _hash_file(digest, file)
+    return digest.hexdigest()
 
 
 def write_json(path: str | os.PathLike, data) -> None:

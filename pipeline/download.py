@@ -1,7 +1,6 @@
 """Fetching a file: the mirror directory first, then the canonical URL (progress, timeout, retries)."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -9,15 +8,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from .common import MIRROR_ENV, PipelineError, mirror_file
-
-
-def file_digest(path: str | Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from .common import MIRROR_ENV, PipelineError, file_digest, mirror_file
 
 
 def _download(url: str, dest: Path, timeout: float) -> None:

@@ -7,17 +7,17 @@ with GloVe's own spread (`oov: random`, seeded), which a fine-tuned model can le
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
 from . import params as P
+from . import paths
 from .common import atomic_path, read_json, run_main, write_json
 
-TOKENIZED = Path("data/tokenized")
-GLOVE = Path("data/glove")
-OUT = Path("data/embeddings")
-METRICS = Path("metrics/embeddings.json")
+TOKENIZED = paths.TOKENIZED
+GLOVE = paths.GLOVE
+OUT = paths.EMBEDDINGS
+METRICS = paths.EMBEDDINGS_METRICS
 
 SCHEMA = {"oov": P.choice("zeros", "random"), "seed": P.integer(0), "top_oov": P.integer(0, 1000)}
 

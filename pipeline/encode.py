@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from . import params as P
+from . import paths
 from .common import atomic_path, run_main, write_json
 from .encoder import ENCODED, ENCODER_DIR, ENCODER_PICKLE, SentenceEncoder
 
-PREPARED = Path("data/prepared")
-SPLITS = ("train", "val", "test")
+SPLITS = paths.SPLITS
 
 SCHEMA = {
     "max_len": P.integer(2, 4096),  # wordpieces encoded per document, from its start
@@ -46,7 +46,7 @@ def encode_splits(encoder: SentenceEncoder, texts: dict[str, list[str]], out: Pa
 
 def main(argv: list[str]) -> None:
     cfg = P.stage_params("encode", SCHEMA)
-    texts = {s: pd.read_parquet(PREPARED / f"{s}.parquet")["text"].tolist() for s in SPLITS}
+    texts = {s: pd.read_parquet(paths.split_file(s))["text"].tolist() for s in SPLITS}
     encoder = SentenceEncoder(str(ENCODER_DIR), cfg["max_len"], cfg["quantize"], cfg["batch_size"]).fit()
     with atomic_path(ENCODED, directory=True) as tmp:
         seconds = encode_splits(encoder, texts, tmp)

@@ -22,18 +22,19 @@ from typing import Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from . import paths
 from .common import PipelineError
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
-ENCODER_DIR = Path("data/encoder")  # FILES, from fetch_encoder
-ENCODED = Path("data/encoded")  # the encode stage's <split>.npy embeddings, encoder.pkl and meta.json
+ENCODER_DIR = paths.ENCODER  # FILES
+ENCODED = paths.ENCODED
 ENCODER_PICKLE = "encoder.pkl"
 
 
 # ---------------------------------------------------------------- the model files
 
 
-def read_zip(path: Path, label: str) -> dict[str, bytes]:
+def read_encoder_zip(path: Path, label: str) -> dict[str, bytes]:
     """FILES from a zip, at its root or in one folder (the root's first: the package's model.zip
     also holds a 1_Pooling/config.json)."""
     try:
@@ -64,7 +65,7 @@ def read_model_files(path: str | Path) -> dict[str, bytes]:
         return read_directory(path)
     if not path.exists():
         raise PipelineError(f"{path}: missing (the encoder: a directory or .zip of {', '.join(FILES)})")
-    return read_zip(path, str(path))
+    return read_encoder_zip(path, str(path))
 
 
 def parse_model(files: dict[str, bytes], label: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -84,7 +85,9 @@ def parse_model(files: dict[str, bytes], label: str) -> tuple[dict, dict[str, np
     if config.get("hidden_act", "gelu") != "gelu":
         raise PipelineError(f"{label}: config.json: hidden_act {config['hidden_act']!r}, only gelu is supported")
     if config["hidden_size"] % config["num_attention_heads"]:
-        raise PipelineError(f"{label}: config.json: hidden_size {config['hidden_size']} is not a multiple of num_attention_heads")
+        raise PipelineError(
+            f"{label}: config.json: hidden_size {config['hidden_size']} is not a multiple of num_attention_heads"
+        )
     try:
         weights = load(files["model.safetensors"])
     except (SafetensorError, ValueError) as exc:
@@ -95,7 +98,9 @@ def parse_model(files: dict[str, bytes], label: str) -> tuple[dict, dict[str, np
         raise PipelineError(f"{label}: model.safetensors: no tensor {lacking[0]} (a BERT model is expected)")
     width = weights["embeddings.word_embeddings.weight"].shape
     if len(width) != 2 or width[1] != config["hidden_size"]:
-        raise PipelineError(f"{label}: model.safetensors: word embeddings of shape {width}, hidden_size is {config['hidden_size']}")
+        raise PipelineError(
+            f"{label}: model.safetensors: word embeddings of shape {width}, hidden_size is {config['hidden_size']}"
+        )
     return config, weights
 
 
@@ -133,7 +138,8 @@ def bert_graph(config: dict, weights: dict[str, np.ndarray]) -> bytes:
         return out
 
     def norm(x: str, p: str) -> str:
-        return node("LayerNormalization", [x, const(p + ".weight", weights[p + ".weight"]), const(p + ".bias", weights[p + ".bias"])], axis=-1, epsilon=eps)
+        scale, bias = const(p + ".weight", weights[p + ".weight"]), const(p + ".bias", weights[p + ".bias"])
+        return node("LayerNormalization", [x, scale, bias], axis=-1, epsilon=eps)
 
     def dense(x: str, p: str) -> str:  # torch stores Linear weights as [out, in]
         kernel = const(p + ".kernel", np.ascontiguousarray(weights[p + ".weight"].T))
@@ -143,7 +149,8 @@ def bert_graph(config: dict, weights: dict[str, np.ndarray]) -> bytes:
     positions = node("Slice", [const("position_table", weights["embeddings.position_embeddings.weight"]),
                                const("zero", np.array([0], np.int64)), length, const("axis0", np.array([0], np.int64))])
     types = weights.get("embeddings.token_type_embeddings.weight")  # one segment: type 0 everywhere
-    x = node("Add", [node("Gather", [const("word_table", weights["embeddings.word_embeddings.weight"]), "ids"]), positions])
+    words = node("Gather", [const("word_table", weights["embeddings.word_embeddings.weight"]), "ids"])
+    x = node("Add", [words, positions])
     if types is not None:
         x = node("Add", [x, const("type0", types[0])])
     x = norm(x, "embeddings.LayerNorm")
@@ -168,9 +175,11 @@ def bert_graph(config: dict, weights: dict[str, np.ndarray]) -> bytes:
     weight = node("Unsqueeze", ["mask", const("axis2", np.array([2], np.int64))])
     total = node("ReduceSum", [node("Mul", [x, weight]), const("axis1", np.array([1], np.int64))], keepdims=0)
     # floors of 1 token and a tiny norm: a document without tokens gives zeros, never NaN
-    count = node("Max", [node("ReduceSum", ["mask", const("axis1_", np.array([1], np.int64))], keepdims=1), const("one_", np.float32(1.0))])
+    count = node("Max", [node("ReduceSum", ["mask", const("axis1_", np.array([1], np.int64))], keepdims=1),
+                         const("one_", np.float32(1.0))])
     mean = node("Div", [total, count])
-    length2 = node("Max", [node("ReduceL2", [mean, const("axis1__", np.array([1], np.int64))], keepdims=1), const("tiny", np.float32(1e-12))])
+    length2 = node("Max", [node("ReduceL2", [mean, const("axis1__", np.array([1], np.int64))], keepdims=1),
+                           const("tiny", np.float32(1e-12))])
     nodes.append(helper.make_node("Div", [mean, length2], ["embedding"]))
     graph = helper.make_graph(
         nodes, "sentence_encoder",
@@ -194,7 +203,8 @@ def quantize(model: bytes) -> bytes:
     with tempfile.TemporaryDirectory() as work:
         src, dst = Path(work) / "f32.onnx", Path(work) / "int8.onnx"
         src.write_bytes(model)
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True, op_types_to_quantize=["MatMul"])
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         op_types_to_quantize=["MatMul"])
         return dst.read_bytes()
 
 
@@ -216,7 +226,8 @@ class SentenceEncoder(TransformerMixin, BaseEstimator):
         files = read_model_files(self.path)
         config, weights = parse_model(files, str(self.path))
         if self.max_len > config["max_position_embeddings"]:
-            raise PipelineError(f"max_len = {self.max_len}: above the {config['max_position_embeddings']} positions of the encoder in {self.path}")
+            raise PipelineError(f"max_len = {self.max_len}: above the {config['max_position_embeddings']} positions "
+                                f"of the encoder in {self.path}")
         graph = bert_graph(config, weights)
         self.graph_ = quantize(graph) if self.quantize else graph
         self.tokenizer_ = files["tokenizer.json"].decode("utf-8")

@@ -20,15 +20,15 @@ from scipy.special import log_softmax, softmax
 from sklearn.model_selection import StratifiedKFold
 
 from . import params as P
-from .classifier import META, POOLINGS, VAL_PROBS, load_probs, log_probs, pool
-from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json, write_text
+from . import paths
+from .classifier import ENSEMBLE, META, POOLINGS, VAL_PROBS, load_probs, log_probs, pool, stage_name
+from .common import PipelineError, atomic_path, path_md5, read_json, remove_quietly, run_main, write_json
 
-NAME = "ensemble"
-VAL = Path("data/prepared/val.parquet")
-MODELS = Path("data/models")
-OUT = Path("data/ensemble")  # not under data/models: that folder is this stage's input
-METRICS = Path("metrics/train")
-HISTORY = Path("metrics/history")
+NAME = ENSEMBLE
+VAL = paths.split_file("val")
+MODELS = paths.MODELS
+OUT = paths.ENSEMBLE
+METRICS = paths.TRAIN_METRICS
 
 SCHEMA = {
     "members": P.list_of(P.string(), nonempty=True),
@@ -113,7 +113,7 @@ def build(members: list[str], pooling: str, seed: int, out: Path) -> dict:
         shutil.copytree(MODELS / members[i], out / members[i], ignore=shutil.ignore_patterns(VAL_PROBS))
     write_json(
         out / "meta.json",
-        {"model": NAME, "kind": "ensemble", "classes": classes, "members": [members[i] for i in kept],
+        {"model": NAME, "kind": ENSEMBLE, "classes": classes, "members": [members[i] for i in kept],
          "pooling": pooling, "weights": [float(saved[i]) for i in kept]},
     )
     return {
@@ -130,15 +130,15 @@ def build(members: list[str], pooling: str, seed: int, out: Path) -> dict:
 def main(argv: list[str]) -> None:
     import mlflow
 
-    from .tracking import MODEL_TAG, log_classifier, log_splits, path_md5, training_run
+    from .tracking import MLFLOW_SCHEMA, MODEL_TAG, log_classifier, log_splits, training_run
 
     params = P.load_params()
-    cfg = P.validate("ensemble", P.section(params, "ensemble"), SCHEMA)
-    experiment = P.section(params, "mlflow.experiment")
+    cfg = P.stage_params(NAME, SCHEMA, params=params)
+    experiment = P.stage_params("mlflow", MLFLOW_SCHEMA, params=params)["experiment"]
     out = OUT
-    remove_quietly(out, METRICS / f"{NAME}.json", HISTORY / f"{NAME}.csv")
+    remove_quietly(out, METRICS / f"{NAME}.json")
     flat = {"members": ",".join(cfg["members"]), "pooling": cfg["pooling"], "seed": cfg["seed"]}
-    with training_run(experiment, NAME, NAME, flat, [MODELS / m for m in cfg["members"]]) as run_id:
+    with training_run(experiment, NAME, stage_name(NAME), flat, [MODELS / m for m in cfg["members"]]) as run_id:
         log_splits([VAL], "training")  # the ensemble's weights are fitted on the validation split
         with atomic_path(out, directory=True) as tmp:
             result = build(cfg["members"], cfg["pooling"], cfg["seed"], tmp)
@@ -155,14 +155,10 @@ def main(argv: list[str]) -> None:
             "val_accuracy_fitted": round(result["val_accuracy_fitted"], 4),
             "weights": result["weights"],
             "member_val_accuracy": {m: round(a, 4) for m, a in result["member_val_accuracy"].items()},
-            "best_epoch": 1,
-            "epochs_run": 1,
             "train_seconds": round(result["seconds"], 1),
             "mlflow_run_id": run_id,
         }
         write_json(METRICS / f"{NAME}.json", report)
-        row = {"epoch": 1, "val_accuracy": report["val_accuracy"]}
-        write_text(HISTORY / f"{NAME}.csv", pd.DataFrame([row]).to_csv(index=False))
     print(f"ensemble: weights {result['weights']}; cross-fitted val accuracy {report['val_accuracy']:.4f}")
 
 

@@ -18,17 +18,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 from . import params as P
-from .classifier import Classifier, load_probs, model_dir, pool, read_ensemble
+from . import paths
+from .classifier import ENSEMBLE, Classifier, load_probs, model_dir, pool, read_ensemble, stage_name
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json
 
-TEST = Path("data/prepared/test.parquet")
-HISTORY = Path("metrics/history")
-METRICS = Path("metrics/eval")
-OUT = Path("data/eval")
-TEST_PROBS = Path("data/test_probs")
+TEST = paths.split_file("test")
+HISTORY = paths.HISTORY
+METRICS = paths.EVAL_METRICS
+OUT = paths.EVAL
+TEST_PROBS = paths.TEST_PROBS
 
 SCHEMA = {"batch_size": P.integer(1, 65536)}
 
@@ -42,7 +49,8 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
         "macro_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)), 4),
         "weighted_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)), 4),
         "per_class": {
-            c: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4), "support": int(s)}
+            c: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
+                "support": int(s)}
             for c, p, r, f, s in zip(classes, precision, recall, f1, support)
         },
     }
@@ -137,7 +145,7 @@ def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, n
     """Metrics, classes, true and predicted labels, and probabilities on the test split."""
     test = pd.read_parquet(TEST)
     texts = test["text"].tolist()
-    if name == "ensemble":
+    if name == ENSEMBLE:
         probs, classes, seconds = ensemble_proba(model_dir(name), len(texts))
     else:
         classifier = Classifier(model_dir(name))
@@ -162,7 +170,7 @@ def main(argv: list[str]) -> None:
     name = argv[0]
     cfg = P.stage_params("evaluate", SCHEMA)
     mlflow.set_tracking_uri(checked_tracking_uri())  # an unreachable server fails now, not after the whole evaluation
-    run_id = find_model_run(model_dir(name), "ensemble" if name == "ensemble" else f"train@{name}")
+    run_id = find_model_run(model_dir(name), stage_name(name))
     remove_quietly(METRICS / f"{name}.json", OUT / name, TEST_PROBS / f"{name}.npz")
     result, classes, y_true, y_pred, probs = evaluate(name, cfg["batch_size"])
     with atomic_path(OUT / name, directory=True) as tmp:
@@ -170,8 +178,13 @@ def main(argv: list[str]) -> None:
             tmp / "predictions.csv", index=False
         )
         confusion_png(y_true, y_pred, classes, f"{name}: test confusion matrix", tmp / "confusion_matrix.png")
-        learning_curve_png(pd.read_csv(HISTORY / f"{name}.csv"), f"{name}: learning curves", tmp / "learning_curve.png")
-        report = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=classes, digits=4, zero_division=0)
+        figures = ["confusion_matrix.png"]
+        if name != ENSEMBLE:  # the ensemble's weights are one fit, without epochs
+            history = pd.read_csv(HISTORY / f"{name}.csv")
+            learning_curve_png(history, f"{name}: learning curves", tmp / "learning_curve.png")
+            figures.append("learning_curve.png")
+        report = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=classes, digits=4,
+                                       zero_division=0)
         (tmp / "classification_report.txt").write_text(report, encoding="utf-8")
         with reopen_run(run_id):
             log_splits([TEST], "evaluation")
@@ -183,14 +196,15 @@ def main(argv: list[str]) -> None:
                     "test_docs_per_second": result["docs_per_second"],
                 }
             )
-            for file in ("confusion_matrix.png", "learning_curve.png", "classification_report.txt"):
+            for file in (*figures, "classification_report.txt"):
                 mlflow.log_artifact(str(tmp / file), artifact_path="evaluation")
-    if name != "ensemble":  # for evaluate_ensemble
+    if name != ENSEMBLE:  # for evaluate_ensemble
         with atomic_path(TEST_PROBS / f"{name}.npz") as tmp:
             with open(tmp, "wb") as handle:
                 np.savez(handle, probs=probs, inference_seconds=result["inference_seconds"])
     write_json(METRICS / f"{name}.json", {**result, "mlflow_run_id": run_id})
-    print(f"evaluate@{name}: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, {result['docs_per_second']} docs/s")
+    print(f"evaluate@{name}: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
+          f"{result['docs_per_second']} docs/s")
 
 
 if __name__ == "__main__":

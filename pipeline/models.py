@@ -119,7 +119,8 @@ def _tfidf(cfg):
         )
     return make_pipeline(
         # raw counts, all non-negative, for the df filter and TfidfTransformer to weight
-        HashingVectorizer(analyzer=analyzer, n_features=2 ** cfg["hash_bits"], alternate_sign=False, norm=None, dtype=np.float32),
+        HashingVectorizer(analyzer=analyzer, n_features=2 ** cfg["hash_bits"], alternate_sign=False, norm=None,
+                          dtype=np.float32),
         DocFrequencyFilter(cfg["min_df"], cfg["max_df"], cfg["max_features"]),
         TfidfTransformer(sublinear_tf=cfg["sublinear_tf"]),
     )
@@ -151,11 +152,13 @@ def tfidf_logreg(cfg):
             loss="log_loss", alpha=cfg["alpha"], max_iter=cfg["max_iter"], tol=1e-4, random_state=cfg["seed"], n_jobs=-1
         )
     else:
-        clf = LogisticRegression(C=cfg["C"], solver="saga", max_iter=cfg["max_iter"], tol=1e-3, random_state=cfg["seed"])
+        clf = LogisticRegression(C=cfg["C"], solver="saga", max_iter=cfg["max_iter"], tol=1e-3,
+                                 random_state=cfg["seed"])
     return make_pipeline(_tfidf(cfg), clf)
 
 
-@register("naive_bayes", "sklearn", {**TFIDF, "variant": P.choice("complement", "multinomial"), "alpha": P.number(0, lo_open=True)})
+@register("naive_bayes", "sklearn",
+          {**TFIDF, "variant": P.choice("complement", "multinomial"), "alpha": P.number(0, lo_open=True)})
 def naive_bayes(cfg):
     from sklearn.naive_bayes import ComplementNB, MultinomialNB
     from sklearn.pipeline import make_pipeline

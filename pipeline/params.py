@@ -152,6 +152,8 @@ def section(params: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def stage_params(name: str, schema: dict[str, Check], path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Load params.yaml and validate the section `name` (a dotted key) against `schema`."""
-    return validate(name, section(load_params(path), name), schema)
+def stage_params(name: str, schema: dict[str, Check], path: str | Path = PARAMS_FILE,
+                 params: dict | None = None) -> dict[str, Any]:
+    """The section `name` (a dotted key) of params.yaml, validated against `schema`: every stage
+    reads its sections this way. `params`: the file already loaded (a stage reading several)."""
+    return validate(name, section(load_params(path) if params is None else params, name), schema)

@@ -12,13 +12,14 @@ from sklearn.datasets._twenty_newsgroups import (  # the exact meaning of fetch_
 from sklearn.model_selection import train_test_split
 
 from . import params as P
+from . import paths
 from .common import PipelineError, atomic_path, run_main, write_json
 from .corpus import iter_documents
 
-ARCHIVE = Path("data/raw/20news-bydate.tar.gz")
-OUT = Path("data/prepared")
-METRICS = Path("metrics/data.json")
-SPLITS = ("train", "val", "test")
+ARCHIVE = paths.ARCHIVE
+OUT = paths.PREPARED
+METRICS = paths.DATA_METRICS
+SPLITS = paths.SPLITS
 
 SCHEMA = {
     "val_fraction": P.number(0, 0.5, lo_open=True),

@@ -2,16 +2,16 @@
 registered in the MLflow model registry under an alias."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import params as P
+from . import paths
+from .classifier import ENSEMBLE
 from .common import PipelineError, read_json, run_main, write_json, write_text
 from .models import unused_params
 
-TRAIN = Path("metrics/train")
-EVAL = Path("metrics/eval")
-SUMMARY_JSON = Path("metrics/summary.json")
-SUMMARY_MD = Path("metrics/summary.md")
+TRAIN = paths.TRAIN_METRICS
+EVAL = paths.EVAL_METRICS
+SUMMARY_JSON = paths.SUMMARY_JSON
+SUMMARY_MD = paths.SUMMARY_MD
 
 SCHEMA = {
     "registered_model": P.string(),
@@ -22,7 +22,8 @@ SCHEMA = {
 
 # The params worth a column: what distinguishes one run of a model from another.
 KEY_PARAMS = (
-    "members", "pooling", "subject_weight", "ngram_max", "hash_bits", "solver", "C", "alpha", "variant", "embedding", "embedding_dim",
+    "members", "pooling", "subject_weight", "ngram_max", "hash_bits", "solver", "C", "alpha", "variant", "embedding",
+    "embedding_dim",
     "trainable", "max_len", "units", "filters", "batch_size", "learning_rate", "dropout", "quantize",
 )
 
@@ -45,7 +46,7 @@ def gather(models: list[str], all_params: dict) -> list[dict]:
                 "test_accuracy": test["accuracy"],
                 "test_macro_f1": test["macro_f1"],
                 "train_seconds": train["train_seconds"],
-                "epochs_run": train["epochs_run"],
+                "epochs_run": train.get("epochs_run"),  # none for the ensemble: its weights are one fit
                 "docs_per_second": test["docs_per_second"],
                 "params": key_params(name, cfg),
                 "mlflow_run_id": train["mlflow_run_id"],
@@ -54,7 +55,8 @@ def gather(models: list[str], all_params: dict) -> list[dict]:
     # What a model costs to build: an ensemble's weight fit is quick, but it needs its members.
     seconds = {r["model"]: r["train_seconds"] for r in rows}
     for r in rows:
-        r["build_seconds"] = round(r["train_seconds"] + sum(seconds.get(m, 0.0) for m in r["params"].get("members", [])), 1)
+        members = sum(seconds.get(m, 0.0) for m in r["params"].get("members", []))
+        r["build_seconds"] = round(r["train_seconds"] + members, 1)
     return rows
 
 
@@ -84,7 +86,7 @@ def markdown(rows: list[dict], best: dict) -> str:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
         lines.append(
             f"| {name} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['test_macro_f1']:.4f} "
-            f"| {r['train_seconds']:.1f} | {r['epochs_run']} | {params} |"
+            f"| {r['train_seconds']:.1f} | {r['epochs_run'] or '–'} | {params} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -122,12 +124,14 @@ def clean_up(experiment: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    from .tracking import MLFLOW_SCHEMA
+
     all_params = P.load_params()
-    cfg = P.validate("report", P.section(all_params, "report"), SCHEMA)
-    clean_up(P.string()("mlflow.experiment", P.section(all_params, "mlflow.experiment")))
+    cfg = P.stage_params("report", SCHEMA, params=all_params)
+    clean_up(P.stage_params("mlflow", MLFLOW_SCHEMA, params=all_params)["experiment"])
     models = P.list_of(P.string(), nonempty=True)("train.models", P.section(all_params, "train.models"))
-    if "ensemble" in all_params:
-        models.append("ensemble")
+    if ENSEMBLE in all_params:
+        models.append(ENSEMBLE)
     rows = gather(models, all_params)
     best = champion(rows)
     version = register_champion(best["mlflow_run_id"], cfg["registered_model"], cfg["alias"])
@@ -139,16 +143,19 @@ def main(argv: list[str]) -> None:
     write_json(
         SUMMARY_JSON,
         {
-            "champion": {"model": best["model"], "chosen_by": "val_accuracy", "registered_model": cfg["registered_model"],
+            "champion": {"model": best["model"], "chosen_by": "val_accuracy",
+                         "registered_model": cfg["registered_model"],
                          "alias": cfg["alias"], "version": version},
             "fast": {**fast, "chosen_by": "val_accuracy", "slow_models": cfg["slow_models"]},
             "models": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows},
         },
     )
     write_text(SUMMARY_MD, markdown(rows, best))
-    print(f"report: champion {best['model']} (val {best['val_accuracy']:.4f}) -> models:/{cfg['registered_model']}@{cfg['alias']} v{version}")
+    print(f"report: champion {best['model']} (val {best['val_accuracy']:.4f}) "
+          f"-> models:/{cfg['registered_model']}@{cfg['alias']} v{version}")
     if quick is not None:
-        print(f"report: fast {quick['model']} (val {quick['val_accuracy']:.4f}) -> models:/{cfg['registered_model']}@{cfg['fast_alias']} v{fast['version']}")
+        print(f"report: fast {quick['model']} (val {quick['val_accuracy']:.4f}) "
+              f"-> models:/{cfg['registered_model']}@{cfg['fast_alias']} v{fast['version']}")
 
 
 if __name__ == "__main__":

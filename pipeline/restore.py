@@ -167,7 +167,9 @@ def main(argv: list[str]) -> None:
         print(f"restore: {name} differs from dvc.lock: left as it is", file=sys.stderr)
     if lost or checkout.returncode != 0:
         what = ", ".join(lost) or "cached outputs"
-        raise PipelineError(f"cannot restore {what} (not in the DVC cache nor git HEAD): rerun its stage with dvc repro")
+        raise PipelineError(
+            f"cannot restore {what} (not in the DVC cache nor git HEAD): rerun its stage with dvc repro"
+        )
 
 
 if __name__ == "__main__":

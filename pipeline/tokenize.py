@@ -1,22 +1,17 @@
-"""Stage tokenize: a TextVectorization vocabulary adapted on train only; integer sequences per split.
-
-Index 0 is the padding value (so models can mask it) and 1 is [UNK]. Sequences are padded and cut
-at the end ("post"): a document keeps its first `max_len` tokens, where the headers and the
-opening of the message are, and the real tokens sit at the start of every row.
-"""
+"""Stage tokenize: a TextVectorization vocabulary adapted on train only; integer sequences per split
+(the vectorizer and its conventions: sequences.py)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import params as P
-from .common import atomic_path, import_tensorflow, read_json, run_main, write_json
+from . import paths
+from .common import atomic_path, run_main, write_json
+from .sequences import encode, make_vectorizer
 
-PREPARED = Path("data/prepared")
-OUT = Path("data/tokenized")
-SPLITS = ("train", "val", "test")
+OUT = paths.TOKENIZED
+SPLITS = paths.SPLITS
 STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation")
 
 SCHEMA = {
@@ -24,60 +19,6 @@ SCHEMA = {
     "max_len": P.integer(1),
     "standardize": P.choice(*STANDARDIZE),
 }
-
-
-def make_vectorizer(vocabulary: list[str] | None, max_len: int, standardize: str, max_tokens: int | None = None):
-    """The one way this project turns text into ids: used to adapt, to encode, and inside the
-    raw-text models that are logged to MLflow."""
-    import_tensorflow()
-    import keras
-
-    layer = keras.layers.TextVectorization(
-        max_tokens=max_tokens,
-        standardize=standardize,
-        output_mode="int",
-        output_sequence_length=max_len,
-    )
-    if vocabulary is not None:
-        layer.set_vocabulary(vocabulary[2:] if vocabulary[:2] == ["", "[UNK]"] else vocabulary)
-    return layer
-
-
-def load_vectorizer(directory: Path = OUT, max_len: int | None = None):
-    """Rebuild the adapted vectorizer from a tokenize output (optionally with another length)."""
-    config = read_json(directory / "config.json")
-    vocab = read_json(directory / "vocab.json")
-    return make_vectorizer(vocab, max_len or config["max_len"], config["standardize"])
-
-
-def without_autotune(data):
-    """`data` (a tf.data.Dataset) with tf.data autotuning off: the same batches, in the same order.
-
-    Under TensorFlow 2.21 the autotune thread of an iterator sleeps between its optimization rounds
-    and is not woken when the iterator is destroyed. Keras drops iterators twice per fit epoch and
-    once per predict, and each drop stalled the stage for 4–10 s with both cores idle (measured
-    with gdb: the main thread in ~RootDataset::Iterator, waiting on Model::OptimizeLoop)."""
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return data.with_options(options)
-
-
-def id_batches(ids: np.ndarray, batch_size: int):
-    """Token ids in order, batched for Keras `predict` (which would make an autotuned pipeline)."""
-    import tensorflow as tf
-
-    return without_autotune(tf.data.Dataset.from_tensor_slices(ids).batch(batch_size))
-
-
-def encode(vectorizer, texts: list[str], batch_size: int = 2048) -> np.ndarray:
-    parts = [
-        np.asarray(vectorizer(np.asarray(texts[i : i + batch_size], dtype=object)), dtype=np.int32)
-        for i in range(0, len(texts), batch_size)
-    ]
-    width = vectorizer.get_config()["output_sequence_length"]
-    return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.int32)
 
 
 def adapt(texts: list[str], cfg: dict):
@@ -88,7 +29,7 @@ def adapt(texts: list[str], cfg: dict):
 
 def main(argv: list[str]) -> None:
     cfg = P.stage_params("tokenize", SCHEMA)
-    frames = {s: pd.read_parquet(PREPARED / f"{s}.parquet") for s in SPLITS}
+    frames = {s: pd.read_parquet(paths.split_file(s)) for s in SPLITS}
     vectorizer = adapt(frames["train"]["text"].tolist(), cfg)
     vocab = vectorizer.get_vocabulary()
     with atomic_path(OUT, directory=True) as tmp:

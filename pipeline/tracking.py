@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import socket
 import sqlite3
@@ -13,7 +12,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-from .common import ROOT, PipelineError, process_alive, process_start, remove_dead_temporaries
+from . import params as P
+from .common import ROOT, PipelineError, file_digest, path_md5, process_alive, process_start, remove_dead_temporaries
+
+MLFLOW_SCHEMA = {"experiment": P.string()}  # params.yaml `mlflow`, read by every stage that logs a run
 
 ARTIFACTS_DIR = "mlartifacts"
 MODEL_TAG = "model_md5"  # a run's tag: path_md5 of the model directory it saved
@@ -99,7 +101,8 @@ def setup(experiment: str):
                     raise
         return mlflow.set_experiment(experiment)
     except Exception as exc:  # unreachable server, locked or corrupt store: say so in one line
-        raise PipelineError(f"MLflow tracking at {tracking_uri()}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise PipelineError(f"MLflow tracking at {tracking_uri()}: {type(exc).__name__}: {first}") from None
 
 
 def _git(*args: str) -> str:
@@ -107,19 +110,6 @@ def _git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def path_md5(path: str | Path) -> str:
-    """md5 over a file, or over a directory's files (relative names and contents), sorted."""
-    path = Path(path)
-    digest = hashlib.md5()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def process_tags() -> dict[str, str]:
@@ -226,7 +216,9 @@ def find_model_run(directory: str | Path, stage: str) -> str:
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     found = client.search_runs(
-        experiments, filter_string=f"tags.{MODEL_TAG} = '{digest}' and tags.dvc_stage = '{stage}' and attributes.status = 'FINISHED'",
+        experiments,
+        filter_string=f"tags.{MODEL_TAG} = '{digest}' and tags.dvc_stage = '{stage}' "
+        "and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1,
     ) if experiments else []
     if not found:
@@ -300,7 +292,8 @@ def pyfunc_model(model_dir: Path, classes: list[str], example: list[str]) -> dic
 def log_classifier(model_dir: Path, classes: list[str], example: list[str], registered_name: str | None = None):
     import mlflow
 
-    return mlflow.pyfunc.log_model(name="model", registered_model_name=registered_name, **pyfunc_model(model_dir, classes, example))
+    return mlflow.pyfunc.log_model(name="model", registered_model_name=registered_name,
+                                   **pyfunc_model(model_dir, classes, example))
 
 
 @functools.cache
@@ -345,5 +338,5 @@ def log_splits(paths: list[str | Path], context: str) -> None:
 
     source = _dvc_path_source()
     for path in map(Path, paths):
-        digest = hashlib.md5(path.read_bytes()).hexdigest()
+        digest = file_digest(path, "md5")
         mlflow.log_input(MetaDataset(source(path.as_posix()), name=path.stem, digest=digest), context=context)

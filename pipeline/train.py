@@ -13,29 +13,40 @@ import numpy as np
 import pandas as pd
 
 from . import params as P
-from .classifier import save_keras, save_sklearn, save_val_probs
-from .common import (PipelineError, atomic_path, cpu_record, import_tensorflow, read_json, remove_quietly, run_main,
-                     write_json, write_text)
+from . import paths
+from .classifier import save_keras, save_sklearn, save_val_probs, stage_name
+from .common import (
+    PipelineError,
+    atomic_path,
+    cpu_record,
+    path_md5,
+    read_json,
+    remove_quietly,
+    run_main,
+    write_json,
+    write_text,
+)
+from .keras_fit import seed_everything, sequence_length, train_keras_model
 from .models import get_spec
-from .tokenize import id_batches, without_autotune
+from .sequences import id_batches
 
-PREPARED = Path("data/prepared")
-TOKENIZED = Path("data/tokenized")
-EMBEDDINGS = Path("data/embeddings")
-MODELS = Path("data/models")
-METRICS = Path("metrics/train")
-HISTORY = Path("metrics/history")
-
-MLFLOW_SCHEMA = {"experiment": P.string()}
+PREPARED = paths.PREPARED
+TOKENIZED = paths.TOKENIZED
+EMBEDDINGS = paths.EMBEDDINGS
+MODELS = paths.MODELS
+METRICS = paths.TRAIN_METRICS
+HISTORY = paths.HISTORY
 
 
 def load_config(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     """Validated params for one model, plus what it depends on (logged with the run)."""
+    from .tracking import MLFLOW_SCHEMA
+
     params = P.load_params(params_file)
     spec = get_spec(name)
     return {
-        "model": P.validate(f"train.{name}", P.section(params, f"train.{name}"), spec.schema),
-        "mlflow": P.validate("mlflow", P.section(params, "mlflow"), MLFLOW_SCHEMA),
+        "model": P.stage_params(f"train.{name}", spec.schema, params=params),
+        "mlflow": P.stage_params("mlflow", MLFLOW_SCHEMA, params=params),
         "prepare": P.section(params, "prepare"),
         "tokenize": P.section(params, "tokenize") if spec.kind == "keras" else {},
         "embeddings": {k: P.section(params, f"embeddings.{k}") for k in ("oov", "seed")} if spec.glove else {},
@@ -48,8 +59,8 @@ def load_config(name: str, params_file: str = P.PARAMS_FILE) -> dict:
 def fit_sklearn(name: str, cfg: dict, out: Path) -> dict:
     from sklearn.metrics import accuracy_score, log_loss
 
-    train = pd.read_parquet(PREPARED / "train.parquet")
-    val = pd.read_parquet(PREPARED / "val.parquet")
+    train = pd.read_parquet(paths.split_file("train"))
+    val = pd.read_parquet(paths.split_file("val"))
     classes = sorted(train["group"].unique())
     spec = get_spec(name)
     start = time.perf_counter()
@@ -85,100 +96,6 @@ def fit_sklearn(name: str, cfg: dict, out: Path) -> dict:
 
 
 # ---------------------------------------------------------------- Keras
-
-
-def seed_everything(seed: int) -> None:
-    tf = import_tensorflow()
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-
-
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None, min_len: int | None,
-                 window: int = 32):
-    """Batches of (ids, labels), each cut to its longest document (never below `min_len`).
-
-    CBOW and the LSTM mask padding, so the cut only saves work; the CNNs see what padding is
-    left (the cut keeps at least `min_len` steps for their windows), which measured no worse on
-    fully padded validation data than training on fully padded batches. For training
-    (`shuffle_seed` given), documents are reshuffled every epoch, then sorted by length within
-    windows of `window` batches, and the batches reshuffled: batches of similar lengths waste
-    little on padding, as bucketing does, while every batch still mixes groups (SGD on
-    class-sorted data fails). Without a seed, the order is kept, as predictions need."""
-    import tensorflow as tf
-
-    lengths = (x > 0).sum(axis=1).astype(np.int32)  # TextVectorization pads at the end
-    data = tf.data.Dataset.from_tensor_slices((x, y, lengths))
-    if shuffle_seed is not None:
-        data = data.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-
-        def by_length(ids, labels, lens):
-            order = tf.argsort(lens)
-            return tf.gather(ids, order), tf.gather(labels, order), tf.gather(lens, order)
-
-        data = data.batch(batch_size * window).map(by_length).unbatch()
-    # Known length: Keras can count steps per epoch though unbatch() hides it from tf.data.
-    data = data.batch(batch_size).apply(tf.data.experimental.assert_cardinality(-(-len(x) // batch_size)))
-    floor = max(min_len or 1, 1)
-
-    def cut(ids, labels, lens):
-        return ids[:, : tf.maximum(tf.reduce_max(lens), floor)], labels
-
-    data = data.map(cut)
-    if shuffle_seed is not None:
-        data = data.shuffle(window * 2, seed=shuffle_seed + 1, reshuffle_each_iteration=True)
-    return without_autotune(data.prefetch(tf.data.AUTOTUNE))
-
-
-def sequence_length(name: str, cfg: dict, tokenize_max_len: int) -> int:
-    """The model's input length: its own max_len or tokenize's, checked against both limits."""
-    max_len = cfg["max_len"] or tokenize_max_len
-    key = f"train.{name}.max_len" if cfg["max_len"] else "tokenize.max_len"
-    if max_len > tokenize_max_len:
-        raise PipelineError(f"params.yaml: {key} = {max_len}: above tokenize.max_len {tokenize_max_len}")
-    shortest = min_length(name, cfg) or 1
-    if max_len < shortest:
-        raise PipelineError(f"params.yaml: {key} = {max_len}: {name} needs at least {shortest} tokens (kernel/pool sizes)")
-    return max_len
-
-
-def min_length(name: str, cfg: dict) -> int | None:
-    """Shortest input the model's architecture accepts (convolutions), None when any length does."""
-    spec = get_spec(name)
-    return spec.min_len(cfg) if spec.min_len else None
-
-
-def compile_model(model, cfg: dict) -> None:
-    """Adam at the model's learning rate, sparse cross-entropy, accuracy."""
-    import keras
-
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=cfg["learning_rate"]),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-
-
-def train_keras_model(name: str, cfg: dict, model, x: dict, y: dict, callbacks: list = (), verbose: int = 2):
-    """Compile and fit `model` as the train stage does (`compile_model`, early stopping on
-    validation accuracy restoring the best weights); `callbacks` are added to the stage's own.
-    Returns the Keras History."""
-    import keras
-
-    compile_model(model, cfg)
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_accuracy", patience=cfg["patience"], restore_best_weights=True, mode="max"
-    )
-    floor = min_length(name, cfg)
-    return model.fit(
-        make_dataset(x["train"], y["train"], cfg["batch_size"], cfg["seed"], floor),
-        validation_data=make_dataset(x["val"], y["val"], 512, None, floor),
-        epochs=cfg["epochs"],
-        shuffle=False,  # make_dataset shuffles; Keras would warn that it ignores its own for a dataset
-        callbacks=[stop, *callbacks],
-        verbose=verbose,
-    )
 
 
 def fit_keras(name: str, cfg: dict, out: Path) -> dict:
@@ -235,7 +152,7 @@ def flat_params(cfg: dict) -> dict:
 def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     import mlflow
 
-    from .tracking import MODEL_TAG, checked_tracking_uri, log_classifier, log_splits, path_md5, training_run
+    from .tracking import MODEL_TAG, checked_tracking_uri, log_classifier, log_splits, training_run
 
     cfg = load_config(name, params_file)
     spec = get_spec(name)
@@ -252,8 +169,8 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
         meta = read_json(ENCODED / "meta.json")
         logged |= {f"encode.{k}": meta[k] for k in ("max_len", "quantize", "batch_size")}
         deps.append(ENCODED)
-    with training_run(cfg["mlflow"]["experiment"], name, f"train@{name}", logged, deps) as run_id:
-        log_splits([PREPARED / "train.parquet", PREPARED / "val.parquet"], "training")
+    with training_run(cfg["mlflow"]["experiment"], name, stage_name(name), logged, deps) as run_id:
+        log_splits([paths.split_file("train"), paths.split_file("val")], "training")
         with atomic_path(out, directory=True) as tmp:
             fit = fit_sklearn if spec.kind == "sklearn" else fit_keras
             result = fit(name, cfg["model"], tmp)
@@ -262,7 +179,7 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
             report = summary(name, result, run_id)
             mlflow.log_metrics({"best_val_accuracy": report["val_accuracy"], "train_seconds": report["train_seconds"]})
             mlflow.set_tags({MODEL_TAG: path_md5(tmp), "cpu": report["cpu"], "cpu_isa": report["cpu_isa"]})
-            val_text = pd.read_parquet(PREPARED / "val.parquet")["text"].head(2).tolist()
+            val_text = pd.read_parquet(paths.split_file("val"))["text"].head(2).tolist()
             log_classifier(tmp, result["classes"], val_text)
         write_json(METRICS / f"{name}.json", report)
         write_text(HISTORY / f"{name}.csv", pd.DataFrame(result["history"]).to_csv(index=False))

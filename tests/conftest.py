@@ -9,7 +9,6 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-
 from tiny import QuietHandler, make_project, run
 
 TINY_MODELS = ["tfidf_logreg", "cbow"]  # one scikit-learn, one Keras model

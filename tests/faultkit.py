@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from tiny import ROOT, make_archive, make_glove, make_project, run, tiny_params, write_params
 
 DATA_STAGES = ("fetch_corpus", "prepare", "tokenize", "fetch_glove", "embeddings")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from faultkit import assert_one_line_error, run_stage, stage_dir, temporaries, tree_digest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import GROUPS, ROOT, glove_words, make_glove, make_project, message, run
 
 from bench import peak_rss
-from faultkit import assert_one_line_error, run_stage, stage_dir, temporaries, tree_digest
-from tiny import GROUPS, ROOT, glove_words, make_glove, make_project, message, run
 
 MB = 1024 * 1024
 
@@ -183,11 +183,6 @@ def tiny_model(tmp_path_factory):
     return directory
 
 
-needs_predict = pytest.mark.xfail(not (ROOT / "pipeline" / "predict.py").exists(), strict=True,
-                                  reason="pipeline/predict.py (the predict CLI) is not written yet")
-
-
-@needs_predict
 def test_predict_input_over_10mb_is_refused(tiny_model, tmp_path):
     big = tmp_path / "big.txt"
     with open(big, "wb") as handle:
@@ -199,7 +194,6 @@ def test_predict_input_over_10mb_is_refused(tiny_model, tmp_path):
     assert stdout == ""
 
 
-@needs_predict
 def test_predict_input_of_10mb_is_classified(tiny_model, tmp_path):
     doc = tmp_path / "doc.txt"
     line = b"the engine and the brake of the car at the dealer\n"

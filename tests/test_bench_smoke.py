@@ -220,7 +220,6 @@ def test_seeds_merge_keeps_the_other_models_with_their_commit(tmp_path):
 
 def test_encoder_speed_prints_a_row_per_setting(tmp_path):
     import pandas as pd
-
     from tiny import make_encoder
 
     data = tmp_path / "test.parquet"

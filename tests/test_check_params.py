@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import yaml
+from tiny import ROOT
 
 from pipeline import check_params as C
 from pipeline.common import PipelineError
-from tiny import ROOT
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]

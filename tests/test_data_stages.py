@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from tiny import GROUPS, ROOT, QuietHandler, make_archive, make_glove, tiny_params, write_params
 
-from pipeline import embeddings, fetch_corpus, fetch_glove, prepare, tokenize
+from pipeline import embeddings, fetch_corpus, fetch_glove, prepare, sequences, tokenize
 from pipeline import params as P
 from pipeline.common import MIRROR_ENV, PipelineError, run_main
 from pipeline.corpus import iter_documents
 from pipeline.models import get_spec
-from tiny import GROUPS, ROOT, QuietHandler, make_archive, make_glove, tiny_params, write_params
 
 ARCHIVE = "20news-bydate.tar.gz"
 
@@ -439,13 +439,13 @@ def test_tokenize_unknown_words_and_empty_docs(tokenized):
 
 
 def test_saved_vocabulary_reproduces_the_encoding(tokenized):
-    vectorizer = tokenize.load_vectorizer(tokenized["dir"])
+    vectorizer = sequences.load_vectorizer(tokenized["dir"])
     assert vectorizer.get_vocabulary() == tokenized["vocab"]
-    x = tokenize.encode(vectorizer, ["alpha beta gamma alpha", "zeta alpha", ""])
+    x = sequences.encode(vectorizer, ["alpha beta gamma alpha", "zeta alpha", ""])
     assert x.tolist() == [tokenized["data"]["train"]["x"][0].tolist()] + tokenized["data"]["test"]["x"].tolist()
-    longer = tokenize.load_vectorizer(tokenized["dir"], max_len=3)
-    assert tokenize.encode(longer, ["alpha beta gamma alpha"]).shape == (1, 3)
-    assert tokenize.encode(vectorizer, []).shape == (0, 6)
+    longer = sequences.load_vectorizer(tokenized["dir"], max_len=3)
+    assert sequences.encode(longer, ["alpha beta gamma alpha"]).shape == (1, 3)
+    assert sequences.encode(vectorizer, []).shape == (0, 6)
 
 
 def test_tokenize_max_tokens_caps_vocabulary(tmp_path, monkeypatch):
@@ -564,7 +564,7 @@ def test_fetch_glove_non_utf8_byte_names_line_and_file_offset(tmp_path, packed):
             archive.writestr("glove.6B.50d.txt", data)
     with pytest.raises(PipelineError) as exc:
         if packed:
-            fetch_glove.read_zip(tmp_path / "glove.6B.zip", 50, "glove.6B.zip")
+            fetch_glove.read_glove_zip(tmp_path / "glove.6B.zip", 50, "glove.6B.zip")
         else:
             fetch_glove.read_text_file(path, 50)
     name = "glove.6B.zip:glove.6B.50d.txt" if packed else str(path)

@@ -47,8 +47,8 @@ def test_stage_depends_on_every_module_it_imports(name):
 
 
 def test_the_import_scan_sees_lazy_imports():
-    assert {"tracking", "classifier", "models", "tokenize", "serving"} <= closure("evaluate")
-    assert closure("fetch_corpus") == {"fetch_corpus", "params", "common", "corpus", "download"}
+    assert {"tracking", "classifier", "models", "sequences", "serving"} <= closure("evaluate")
+    assert closure("fetch_corpus") == {"fetch_corpus", "params", "paths", "common", "corpus", "download"}
 
 
 def test_dvc_reads_yaml_with_ruamels_c_parser():

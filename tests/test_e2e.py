@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tiny import make_project, run, write_params
 
 MODELS = ["tfidf_logreg", "cbow", "cnn_glove", "minilm_logreg"]

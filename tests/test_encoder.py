@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import make_encoder, tiny_params
 
 from pipeline import encoder as E
 from pipeline import params as P
 from pipeline.common import PipelineError
 from pipeline.models import REGISTRY, get_spec
-from tiny import make_encoder, tiny_params
 
 TEXTS = [
     "From: user1@example.edu\nSubject: about orbit\n\nthe shuttle launch into orbit and the moon",

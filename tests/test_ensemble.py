@@ -89,8 +89,9 @@ def saved_ensemble(tmp_path):
         save_sklearn(tmp_path / name, make_pipeline(CountVectorizer(), MultinomialNB(alpha=alpha)).fit(texts, labels), ["sci", "sport"], name)
 
     def write(**meta):
-        body = {"model": "ensemble", "kind": "ensemble", "classes": ["sci", "sport"], "members": ["a", "b"], "weights": [1.5, 0.5]}
-        (tmp_path / "meta.json").write_text(json.dumps(body | meta))
+        body = {"model": "ensemble", "kind": "ensemble", "classes": ["sci", "sport"], "members": ["a", "b"], "weights": [1.5, 0.5],
+                "pooling": "linear"}
+        (tmp_path / "meta.json").write_text(json.dumps({k: v for k, v in (body | meta).items() if v is not None}))
         return tmp_path
 
     return write
@@ -105,9 +106,11 @@ def test_saved_ensemble_predicts_with_its_pooling(saved_ensemble):
     assert ensemble.predict_frame(texts)["label"].tolist() == ["sci", "sport"]
 
 
-def test_saved_ensemble_without_pooling_is_linear(saved_ensemble):
-    """Ensembles saved before log pooling existed keep their meaning."""
+def test_saved_ensemble_without_pooling_names_the_file(saved_ensemble):
+    """The ensemble stage always writes its pooling: a meta.json without one is not guessed at."""
     assert Classifier(saved_ensemble()).pooling == "linear"
+    with pytest.raises(PipelineError, match=r"meta\.json: unknown pooling None"):
+        Classifier(saved_ensemble(pooling=None))
 
 
 def test_saved_ensemble_with_unknown_pooling_names_the_file(saved_ensemble):

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny import GROUPS, TOPIC_WORDS, tiny_params, write_params
 
 from pipeline import evaluate, report
+from pipeline import params as P
 from pipeline.classifier import Classifier, save_sklearn
 from pipeline.common import PipelineError
 from pipeline.models import REGISTRY, get_spec
-from pipeline import params as P
-from tiny import GROUPS, TOPIC_WORDS, tiny_params, write_params
 
 # ---------------------------------------------------------------- score
 
@@ -79,13 +79,16 @@ def test_champion_tie_between_a_model_and_an_ensemble_goes_to_the_model(tmp_path
     """The ensemble's own fit is quicker than any member's, but it needs its members trained."""
     monkeypatch.chdir(tmp_path)
     for name, seconds in (("tfidf_logreg", 0.5), ("cbow", 3.0), ("ensemble", 0.1)):
-        for folder, body in (("train", {"val_accuracy": 1.0, "train_seconds": seconds, "epochs_run": 1, "mlflow_run_id": name}),
+        epochs = {} if name == "ensemble" else {"epochs_run": 1}  # the ensemble's weights are one fit, no epochs
+        for folder, body in (("train", {"val_accuracy": 1.0, "train_seconds": seconds, **epochs, "mlflow_run_id": name}),
                              ("eval", {"accuracy": 1.0, "macro_f1": 1.0, "docs_per_second": 100.0})):
             Path(f"metrics/{folder}").mkdir(parents=True, exist_ok=True)
             Path(f"metrics/{folder}/{name}.json").write_text(json.dumps(body))
     rows = report.gather(["tfidf_logreg", "cbow", "ensemble"], {"ensemble": {"members": ["tfidf_logreg", "cbow"]}})
     assert [r["build_seconds"] for r in rows] == [0.5, 3.0, 3.6]
     assert report.champion(rows)["model"] == "tfidf_logreg"
+    table = report.markdown(rows, rows[0]).splitlines()
+    assert table[-1].startswith("| ensemble | 1.0000 |") and "| 0.1 | – |" in table[-1] and "| 0.5 | 1 |" in table[2]
 
 
 def test_fast_choice_leaves_out_slow_models_and_ensembles_of_them():
@@ -286,3 +289,21 @@ def test_evaluate_stage_on_a_small_model(tmp_path, monkeypatch, sklearn_model, m
     assert run.data.metrics["test_macro_f1"] == result["macro_f1"]
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt"} <= artifacts
+
+    # evaluate_ensemble: the ensemble has no learning curve (no epochs, no metrics/history file);
+    # its figures come from the member's saved test probabilities
+    from pipeline.common import write_json
+
+    shutil.copytree(sklearn_model, tmp_path / "data/ensemble" / name)
+    write_json(tmp_path / "data/ensemble/meta.json", {"model": "ensemble", "kind": "ensemble", "classes": list(GROUPS),
+                                                      "members": [name], "weights": [1.0], "pooling": "log"})
+    ensemble_run = mlflow_env["runs"][1]
+    MlflowClient().set_tag(ensemble_run, MODEL_TAG, path_md5(tmp_path / "data/ensemble"))
+    MlflowClient().set_tag(ensemble_run, "dvc_stage", "ensemble")
+    assert not Path("metrics/history/ensemble.csv").exists()
+    evaluate.main(["ensemble"])
+    pooled = json.loads(Path("metrics/eval/ensemble.json").read_text())
+    assert {k: pooled[k] for k in expected} == expected and pooled["mlflow_run_id"] == ensemble_run
+    assert Path("data/eval/ensemble/confusion_matrix.png").is_file()
+    assert not Path("data/eval/ensemble/learning_curve.png").exists()
+    assert not Path("data/test_probs/ensemble.npz").exists()

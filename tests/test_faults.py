@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from faultkit import (
     DATA_STAGES,
     assert_one_line_error,
@@ -475,9 +474,9 @@ md5sum data/prepared/* | sed 's/^/md5: /'
     fake = subprocess.CompletedProcess(proc.args, 1, proc.stdout, proc.stderr)
     line = assert_one_line_error(fake, "data/prepared: not written", "No space left on device")
     assert line.count("\n") == 0
-    assert [l for l in proc.stdout.splitlines() if l.startswith("left: ")] == []
+    assert [out for out in proc.stdout.splitlines() if out.startswith("left: ")] == []
     expected = sorted(f"md5: {hashlib.md5(data).hexdigest()}  data/prepared/{name}" for name, data in before["data/prepared"].items())
-    assert sorted(l for l in proc.stdout.splitlines() if l.startswith("md5: ")) == expected
+    assert sorted(out for out in proc.stdout.splitlines() if out.startswith("md5: ")) == expected
     assert {p: tree_digest(work / p) for p in before} == before
 
 

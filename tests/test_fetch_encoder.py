@@ -9,12 +9,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from tiny import file_sha256, make_encoder, make_wheel, tiny_params, write_params
 
 from pipeline import encoder as E
 from pipeline import fetch_encoder as F
 from pipeline import params as P
 from pipeline.common import MIRROR_ENV, PipelineError
-from tiny import file_sha256, make_encoder, make_wheel, tiny_params, write_params
 
 UNREACHABLE = "http://127.0.0.1:9/unreachable"
 
@@ -119,7 +119,7 @@ def test_url_source_takes_the_mirrors_model_folder_not_bare_file_names(model_dir
 
 @pytest.mark.parametrize("good_md5", [True, False], ids=["md5-ok", "md5-wrong"])
 def test_url_source_downloads_each_file_md5_checked(model_dir, expected, http_server, tmp_path, monkeypatch, good_md5):
-    from pipeline.download import file_digest
+    from pipeline.common import file_digest
 
     www, base = http_server
     for name in E.FILES:

@@ -11,14 +11,13 @@ holds even without the pin; on a CPU above it (AVX-512), it is the pin that make
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tiny import make_archive, make_project, run, tiny_params, write_params
 
 import pipeline
-from tiny import make_archive, make_project, run, tiny_params, write_params
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["cnn", "lstm"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from tiny import GROUPS, ROOT, TOPIC_WORDS, tiny_params
 
 from pipeline import params as P
 from pipeline.common import PipelineError
 from pipeline.models import REGISTRY, custom_objects, get_spec
-from tiny import GROUPS, ROOT, TOPIC_WORDS, tiny_params
 
 VOCAB, CLASSES, LENGTH = 50, 3, 30
 KERAS = sorted(n for n, s in REGISTRY.items() if s.kind == "keras")
@@ -156,7 +156,7 @@ def test_parallel_cnn_is_one_layer_of_several_widths(configs, glove, name):
     # every convolution reads the embeddings (none stacked on another), each is max-pooled over time
     embedded = model.get_layer("embedding").output
     if cfg["spatial_dropout"]:
-        embedded = next(l for l in model.layers if isinstance(l, keras.layers.SpatialDropout1D)).output
+        embedded = next(layer for layer in model.layers if isinstance(layer, keras.layers.SpatialDropout1D)).output
     assert all(conv.input is embedded for conv in convs)
     assert not any(isinstance(layer, keras.layers.MaxPooling1D) for layer in model.layers)
     assert sum(isinstance(layer, keras.layers.GlobalMaxPooling1D) for layer in model.layers) == 3
@@ -183,7 +183,7 @@ def test_parallel_cnn_learns_tiny_data(configs):
     documents told apart by their words are learned."""
     import keras
 
-    from pipeline.train import train_keras_model
+    from pipeline.keras_fit import train_keras_model
 
     rng = np.random.default_rng(5)
     y = np.arange(120) % CLASSES
@@ -416,7 +416,7 @@ def _batches(data) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_training_batches_are_length_bucketed_and_cover_every_document():
-    from pipeline.train import make_dataset
+    from pipeline.keras_fit import make_dataset
 
     rng = np.random.default_rng(1)
     x = _ragged_ids(rng, 1000, 60)
@@ -438,7 +438,7 @@ def test_training_batches_are_length_bucketed_and_cover_every_document():
 
 
 def test_prediction_batches_keep_order_and_the_convolution_floor():
-    from pipeline.train import make_dataset
+    from pipeline.keras_fit import make_dataset
 
     rng = np.random.default_rng(2)
     x = _ragged_ids(rng, 100, 40)
@@ -451,10 +451,10 @@ def test_prediction_batches_keep_order_and_the_convolution_floor():
 
 
 def test_keras_input_pipelines_run_without_autotune_and_keep_order():
-    """Autotune's thread stalled every dropped iterator (see tokenize.without_autotune): the
+    """Autotune's thread stalled every dropped iterator (see sequences.without_autotune): the
     training, validation and prediction pipelines all turn it off, and predictions keep order."""
-    from pipeline.tokenize import id_batches
-    from pipeline.train import make_dataset
+    from pipeline.keras_fit import make_dataset
+    from pipeline.sequences import id_batches
 
     rng = np.random.default_rng(3)
     x = _ragged_ids(rng, 50, 12)

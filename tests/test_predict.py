@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from pipeline import inputs
 from pipeline import predict as P
 from pipeline.common import PipelineError
 
@@ -59,7 +60,7 @@ def test_arguments_with_the_champion(tiny_trained_project):
     assert proc.returncode == 0, text(proc.stderr)
     assert text(proc.stderr) == ""  # no library chatter
     lines = text(proc.stdout).splitlines()
-    assert [HUMAN.match(l)["source"] for l in lines] == ["arg 1", "arg 2"]
+    assert [HUMAN.match(item)["source"] for item in lines] == ["arg 1", "arg 2"]
     for line in lines:
         groups = groups_of(line)
         assert len(groups) == 3  # top 3 by default
@@ -75,7 +76,7 @@ def test_json_matches_the_model_directory(tiny_trained_project):
 
     proc = cli(tiny_trained_project, "--json", "-k", "2", "-m", "tfidf_logreg", SPACE, AUTOS)
     assert proc.returncode == 0, text(proc.stderr)
-    records = [json.loads(l) for l in text(proc.stdout).splitlines()]
+    records = [json.loads(item) for item in text(proc.stdout).splitlines()]
     expected = Classifier(tiny_trained_project.repo / "data/models/tfidf_logreg").predict_proba([SPACE, AUTOS])
     classes = ["comp.graphics", "rec.autos", "sci.space"]
     for i, (record, probs) in enumerate(zip(records, expected), start=1):
@@ -144,14 +145,14 @@ def test_directory_goes_on_past_bad_files(tiny_trained_project, tmp_path):
     (docs / ".hidden").write_text(SPACE, encoding="utf-8")  # hidden files are skipped
     proc = cli(tiny_trained_project, "--json", "-m", "cbow", "--dir", str(docs))
     assert proc.returncode == 1
-    records = [json.loads(l) for l in text(proc.stdout).splitlines()]
+    records = [json.loads(item) for item in text(proc.stdout).splitlines()]
     assert [r["path"] for r in records] == [str(docs / "space.txt"), str(docs / "sub" / "autos.txt")]
     assert all(len(r["top"]) == 3 for r in records)
     errors = text(proc.stderr).splitlines()
     assert all(line.startswith("error: ") for line in errors), errors
-    assert any(str(docs / "image.png") in l and "binary" in l for l in errors), errors
-    assert any(str(docs / "empty.txt") in l and "empty" in l for l in errors), errors
-    assert any(str(docs / "dangling.txt") in l and "unreadable" in l for l in errors), errors
+    assert any(str(docs / "image.png") in item and "binary" in item for item in errors), errors
+    assert any(str(docs / "empty.txt") in item and "empty" in item for item in errors), errors
+    assert any(str(docs / "dangling.txt") in item and "unreadable" in item for item in errors), errors
     assert errors[-1] == "error: 3 inputs failed, 2 documents classified"
 
 
@@ -161,8 +162,8 @@ def test_stdin_one_document_per_line_with_a_run_uri(tiny_trained_project):
     proc = cli(tiny_trained_project, "--lines", "-k", "1", "-m", f"runs:/{run_id}/model", stdin=f"{SPACE}\n\n{AUTOS}\n")
     assert proc.returncode == 0, text(proc.stderr)
     lines = text(proc.stdout).splitlines()
-    assert [HUMAN.match(l)["source"] for l in lines] == ["stdin:1", "stdin:3"]  # blank line 2 skipped
-    assert all(len(groups_of(l)) == 1 for l in lines)
+    assert [HUMAN.match(item)["source"] for item in lines] == ["stdin:1", "stdin:3"]  # blank line 2 skipped
+    assert all(len(groups_of(item)) == 1 for item in lines)
 
 
 def test_files_and_piped_stdin(tiny_trained_project, tmp_path):
@@ -170,9 +171,9 @@ def test_files_and_piped_stdin(tiny_trained_project, tmp_path):
     (tmp_path / "lines.txt").write_text(f"{AUTOS}\n{SPACE}\n", encoding="utf-8")
     proc = cli(tiny_trained_project, "-m", "tfidf_logreg", "-f", str(tmp_path / "a.txt"), "-f", "-", stdin=AUTOS)
     assert proc.returncode == 0, text(proc.stderr)
-    assert [HUMAN.match(l)["source"] for l in text(proc.stdout).splitlines()] == [str(tmp_path / "a.txt"), "stdin"]
+    assert [HUMAN.match(item)["source"] for item in text(proc.stdout).splitlines()] == [str(tmp_path / "a.txt"), "stdin"]
     proc = cli(tiny_trained_project, "-m", "tfidf_logreg", "--lines", "-f", str(tmp_path / "lines.txt"))
-    assert [HUMAN.match(l)["source"] for l in text(proc.stdout).splitlines()] == [f"{tmp_path / 'lines.txt'}:{i}" for i in (1, 2)]
+    assert [HUMAN.match(item)["source"] for item in text(proc.stdout).splitlines()] == [f"{tmp_path / 'lines.txt'}:{i}" for i in (1, 2)]
     proc = cli(tiny_trained_project, "-m", "tfidf_logreg", stdin=SPACE)  # no arguments: stdin
     assert proc.returncode == 0 and text(proc.stdout).startswith("stdin: sci.space ")
 
@@ -190,7 +191,7 @@ def test_bad_input_is_one_line_and_exit_1(tiny_trained_project, tmp_path, case):
     binary.write_bytes(bytes(range(256)) * 4)
     big = tmp_path / "big.txt"
     with open(big, "wb") as handle:  # sparse: 10 MB + 1 byte, no time spent writing it
-        handle.truncate(P.MAX_INPUT_BYTES + 1)
+        handle.truncate(inputs.MAX_INPUT_BYTES + 1)
     args, stdin, needles = {
         "empty-arg": ([""], None, ["arg 1", "empty"]),
         "empty-stdin": ([], "", ["stdin", "empty"]),
@@ -205,7 +206,7 @@ def test_bad_input_is_one_line_and_exit_1(tiny_trained_project, tmp_path, case):
 
 
 def test_too_large_stdin_is_refused(tiny_trained_project):
-    assert_one_error(cli(tiny_trained_project, stdin=b"a" * (P.MAX_INPUT_BYTES + 1)), "stdin", "larger than 10 MB")
+    assert_one_error(cli(tiny_trained_project, stdin=b"a" * (inputs.MAX_INPUT_BYTES + 1)), "stdin", "larger than 10 MB")
 
 
 @pytest.mark.parametrize(
@@ -232,18 +233,18 @@ def test_missing_store_is_reported_not_created(tiny_trained_project, tmp_path):
 
 
 def test_decode_reads_text_refuses_binary():
-    assert P.decode("café\r\nline".encode("utf-8"), "x") == "café\nline"
-    assert P.decode("café".encode("latin-1"), "x") == "café"  # the corpus's own encoding
-    assert P.decode(b"\xef\xbb\xbfbom", "x") == "bom"
+    assert inputs.decode("café\r\nline".encode("utf-8"), "x") == "café\nline"
+    assert inputs.decode("café".encode("latin-1"), "x") == "café"  # the corpus's own encoding
+    assert inputs.decode(b"\xef\xbb\xbfbom", "x") == "bom"
     for blob in (b"text\x00more", bytes(range(1, 32)) * 10):
         with pytest.raises(PipelineError, match="binary"):
-            P.decode(blob, "x")
+            inputs.decode(blob, "x")
 
 
 def test_split_documents_by_line():
-    docs = P.split_documents("one\n\n  \ntwo", "f.txt", "f.txt", lines=True)
+    docs = inputs.split_inputs("one\n\n  \ntwo", "f.txt", "f.txt", lines=True)
     assert [(d.source, d.text, d.line) for d in docs] == [("f.txt:1", "one", 1), ("f.txt:4", "two", 4)]
-    assert P.split_documents("whole\ntext", "f.txt", "f.txt", lines=False)[0].source == "f.txt"
+    assert inputs.split_inputs("whole\ntext", "f.txt", "f.txt", lines=False)[0].source == "f.txt"
 
 
 def test_no_input_on_a_terminal_is_an_error():

@@ -7,7 +7,6 @@ import importlib.util
 import subprocess
 
 import pytest
-
 from tiny import ROOT
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny import GROUPS, make_archive, make_encoder, make_glove, tiny_params, write_params
 
 from pipeline import embeddings, encode, fetch_corpus, fetch_encoder, fetch_glove, prepare, tokenize, tracking
 from pipeline import models as M
 from pipeline import train as T
 from pipeline.common import MIRROR_ENV, ROOT, PipelineError, cpu_record
-from tiny import GROUPS, make_archive, make_encoder, make_glove, tiny_params, write_params
 
 EXPERIMENT = "tiny"
 KERAS, SKLEARN, ENCODER = "cbow", "tfidf_logreg", "minilm_logreg"

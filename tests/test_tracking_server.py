@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from pipeline.tracking import path_md5
 from faultkit import commit, dvc_status, mlflow_client, ran_stages, stage_runs, tiny_project, tree_digest
 from tiny import ROOT, run
+
+from pipeline.tracking import path_md5
 
 MODELS = ["tfidf_logreg", "naive_bayes"]
 EXPERIMENT = "tiny"
