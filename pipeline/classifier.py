@@ -7,7 +7,6 @@ all go through `Classifier`, so what is evaluated is exactly what is served.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import paths
-from .common import PipelineError, read_json, silenced_fd2, write_json
+from .common import PipelineError, import_tensorflow, read_json, write_json
 
 META = "meta.json"
 SKLEARN_MODEL = "model.pkl"  # a scikit-learn Pipeline taking raw text
@@ -204,13 +203,10 @@ class Classifier:
             from .models import custom_objects
             from .sequences import make_vectorizer
 
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            # TensorFlow's C++ side writes notices to file descriptor 2 on import and device set-up
-            # (no CUDA driver, oneDNN), whatever the log level; errors still raise
-            with silenced_fd2():
-                import keras
+            import_tensorflow()
+            import keras
 
-                self.model = keras.saving.load_model(self.directory / "model.keras", custom_objects=custom_objects())
+            self.model = keras.saving.load_model(self.directory / "model.keras", custom_objects=custom_objects())
             text = meta["text"]
             vocab = read_json(self.directory / "vocab.json")
             self.vectorizer = make_vectorizer(vocab, text["max_len"], text["standardize"])

@@ -227,6 +227,27 @@ def _layers() -> dict:
             return (input_shape[0], input_shape[2])
 
     @keras.saving.register_keras_serializable(package="newsgroups")
+    class MaskedMax(keras.layers.Layer):
+        """Max over the non-padding positions; an all-padding row gives zeros."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.supports_masking = True
+
+        def call(self, inputs, mask=None):
+            if mask is None:
+                return ops.max(inputs, axis=1)
+            real = ops.expand_dims(mask, -1)
+            top = ops.max(ops.where(real, inputs, ops.full_like(inputs, float("-inf"))), axis=1)
+            return ops.where(ops.any(real, axis=1), top, ops.zeros_like(top))
+
+        def compute_mask(self, inputs, mask=None):
+            return None
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], input_shape[2])
+
+    @keras.saving.register_keras_serializable(package="newsgroups")
     class HashedBigrams(keras.layers.Layer):
         """fastText's word bigrams: append, to the token ids, one id per adjacent pair of real
         tokens, hashed into `buckets` ids after the vocabulary (pairs touching padding get 0)."""
@@ -249,7 +270,7 @@ def _layers() -> dict:
         def get_config(self):
             return {**super().get_config(), "vocab_size": self.vocab_size, "buckets": self.buckets}
 
-    return {"MaskedMean": MaskedMean, "HashedBigrams": HashedBigrams}
+    return {"MaskedMean": MaskedMean, "MaskedMax": MaskedMax, "HashedBigrams": HashedBigrams}
 
 
 def custom_objects() -> dict:
@@ -394,12 +415,11 @@ def lstm(cfg, vocab_size, n_classes, glove):
     inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     matrix = glove if cfg["embedding"] == "glove" else None
     x = _embedding(vocab_size, matrix, cfg["embedding_dim"], cfg["trainable"], True)(inputs)
-    # Max-pooling every step's output trains far more easily over 200 steps than the last state
-    # alone; masked steps repeat the previous output, so padding cannot win the max.
+    # Max-pooling every step's output trains far more easily over 200 steps than the last state alone
     rnn = layers.LSTM(cfg["units"], return_sequences=cfg["pooling"] == "max")
     x = layers.Bidirectional(rnn)(x) if cfg["bidirectional"] else rnn(x)
     if cfg["pooling"] == "max":
-        x = layers.GlobalMaxPooling1D()(x)
+        x = _layers()["MaskedMax"](name="masked_max")(x)
     if cfg["dropout"]:
         x = layers.Dropout(cfg["dropout"])(x)
     outputs = layers.Dense(n_classes, activation="softmax")(x)

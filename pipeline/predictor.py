@@ -4,7 +4,6 @@ naming what is missing."""
 from __future__ import annotations
 
 import logging
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import paths
-from .common import PipelineError, silenced_fd2
+from .common import PipelineError
 
 DEFAULT_REGISTERED_MODEL = "newsgroups-classifier"
 DEFAULT_ALIAS = "champion"
@@ -28,15 +27,9 @@ class Predictor:
 
 def quiet_libraries() -> None:
     """No library chatter on stderr: there, only our `error:` lines."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-
-def import_serving() -> None:
-    """The pyfunc wrapper (and MLflow, seconds to import), for MLflow models only: imported
-    here, unpickling the model finds it loaded."""
-    from . import serving  # noqa: F401
 
 
 def registry_defaults() -> tuple[str, str]:
@@ -123,7 +116,6 @@ def load_mlflow(model_uri: str, tracking: str | None = None) -> Predictor:
     from .tracking import tracking_uri
 
     quiet_libraries()
-    import_serving()
     store = tracking or tracking_uri()
     if model_uri.startswith(("models:/", "runs:/")):
         check_store(store)
@@ -132,8 +124,7 @@ def load_mlflow(model_uri: str, tracking: str | None = None) -> Predictor:
     try:
         check_registry_uri(model_uri, client)
         check_run_uri(model_uri, client)
-        with silenced_fd2():
-            model = mlflow.pyfunc.load_model(model_uri)
+        model = mlflow.pyfunc.load_model(model_uri)
     except PipelineError:
         raise
     except Exception as exc:  # unreachable store, missing artifacts, a broken model
@@ -151,8 +142,7 @@ def load_directory(directory: Path) -> Predictor:
     quiet_libraries()
     if (directory / META).is_file():
         try:
-            with silenced_fd2():
-                classifier = Classifier(directory)
+            classifier = Classifier(directory)
         except PipelineError:
             raise
         except Exception as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -44,3 +45,8 @@ with warnings.catch_warnings():
 
         def predict(self, context, model_input, params=None):
             return self.classifier.predict_frame(texts_of(model_input))
+
+
+# A logged model is this file plus its artifacts: MLflow runs it to load the model (models from
+# code), so nothing is pickled
+mlflow.models.set_model(NewsgroupsModel())

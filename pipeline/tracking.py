@@ -271,7 +271,7 @@ def pyfunc_model(model_dir: Path, classes: list[str], example: list[str]) -> dic
     from mlflow.types import ColSpec, Schema
     from mlflow.types.schema import AnyType
 
-    from .serving import NewsgroupsModel
+    from . import serving
 
     signature = ModelSignature(
         # unnamed: a list of strings or a one-column frame. `any`, not `string`: MLflow would
@@ -280,7 +280,7 @@ def pyfunc_model(model_dir: Path, classes: list[str], example: list[str]) -> dic
         outputs=Schema([ColSpec("string", "label")] + [ColSpec("double", c) for c in classes]),
     )
     return {
-        "python_model": NewsgroupsModel(),
+        "python_model": serving.__file__,  # models from code: MLflow runs the file to load the model
         "artifacts": {"model_dir": str(model_dir)},
         "code_paths": [str(Path(__file__).resolve().parent)],
         "signature": signature,

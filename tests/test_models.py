@@ -220,6 +220,33 @@ def test_masked_mean_by_hand():
     assert layer.compute_output_shape((2, 3, 2)) == (2, 2)
 
 
+def test_masked_max_by_hand():
+    import keras
+
+    layer = custom_objects()["MaskedMax"]()
+    values = np.array([[[1.0, -5.0], [-2.0, -1.0], [9.0, 9.0]], [[-3.0, -4.0], [7.0, 7.0], [8.0, 8.0]]], np.float32)
+    mask = np.array([[True, True, False], [False, False, False]])
+    out = np.asarray(layer(keras.ops.convert_to_tensor(values), mask=keras.ops.convert_to_tensor(mask)))
+    np.testing.assert_allclose(out, [[1.0, -1.0], [0.0, 0.0]])  # padding cannot win; empty row: zeros
+    np.testing.assert_allclose(np.asarray(layer(values)), values.max(axis=1))  # no mask: plain max
+
+
+def test_one_way_lstm_padding_repeats_real_outputs(configs, glove):
+    """A masked LSTM step repeats the previous output, so for the one-way LSTM the masked max equals
+    the max over every step: the mask-aware pooling changes no result, it only keeps the mask."""
+    import keras
+
+    model = get_spec("lstm").build({**configs["lstm"], "bidirectional": False}, VOCAB, CLASSES, glove)
+    steps = keras.Model(model.input, model.get_layer("lstm").output)
+    x = token_batch()
+    outputs = np.asarray(steps(x))
+    lengths = (x > 0).sum(axis=1)
+    for row, n in enumerate(lengths):
+        np.testing.assert_array_equal(outputs[row, n:], np.repeat(outputs[row, n - 1 : n], LENGTH - n, axis=0))
+    pooled = np.asarray(keras.Model(model.input, model.get_layer("masked_max").output)(x))
+    np.testing.assert_array_equal(pooled, outputs.max(axis=1))
+
+
 def test_keras_model_round_trips_through_save(built, tmp_path):
     import keras
 
