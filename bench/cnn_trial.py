@@ -6,7 +6,7 @@ accuracy (what settings are chosen by), the test accuracy of the restored model 
 inputs as the evaluate stage sees them (reported, never chosen by), the best epoch, the epochs
 run and the fit seconds; --log appends it to a JSON-lines file.
 
-    python bench/cnn_trial.py --project /work/base cnn_glove architecture=parallel kernel_sizes=[3,4,5] \\
+    python -m bench.cnn_trial --project /work/base cnn_glove architecture=parallel kernel_sizes=[3,4,5] \\
         spatial_dropout=0.2 --log /tmp/trials.jsonl
 
 The project is only read: its params.yaml (train.<model>), data/tokenized and data/embeddings.
@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:

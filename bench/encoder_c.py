@@ -4,7 +4,7 @@ accuracy with the other members' saved validation probabilities (ensemble.crossf
 the ensemble stage reports it). Prints a table; the test accuracy is printed for the chosen C only
 (the best cross-fit validation), never used to choose.
 
-    python bench/encoder_c.py --C 1 3 10 30 100 [--models data/models --test-probs data/test_probs]
+    python -m bench.encoder_c --C 1 3 10 30 100 [--models data/models --test-probs data/test_probs]
 
 Run in a project whose data/encoded is built (`dvc repro encode`); --models and --test-probs may
 point at another checkout's trained members (their validation split must be this one's).
@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline import params as P  # noqa: E402
-from pipeline.classifier import VAL_PROBS, load_probs, pool  # noqa: E402
-from pipeline.encoder import read_embeddings  # noqa: E402
-from pipeline.ensemble import crossfit_accuracy, fit_weights  # noqa: E402
-from pipeline.models import get_spec  # noqa: E402
+from pipeline import params as P
+from pipeline.classifier import VAL_PROBS, load_probs, pool
+from pipeline.encoder import read_embeddings
+from pipeline.ensemble import crossfit_accuracy, fit_weights
+from pipeline.models import get_spec
 
 NAME = "minilm_logreg"
 

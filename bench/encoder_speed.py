@@ -3,20 +3,18 @@ documents per second for float32 and int8 at a few `max_len`, and how far int8 s
 float32 (cosine of the two embeddings of each document). Prints a table; run on a quiet machine
 after `dvc repro prepare fetch_encoder` (it reads data/prepared/test.parquet and data/encoder by default).
 
-    python bench/encoder_speed.py --docs 1024 --max-len 64 128
+    python -m bench.encoder_speed --docs 1024 --max-len 64 128
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.encoder import SentenceEncoder  # noqa: E402
+from pipeline.encoder import SentenceEncoder
 
 
 def main(argv: list[str]) -> None:

@@ -8,8 +8,8 @@ threads) a fresh process trains each model for --epochs through the train stage'
 (pipeline/keras_fit.py: seed_everything, the registry's builder, train_keras_model) and prints a SHA-256 of the weights
 and the fit time; environments giving the same digest give bit-identical weights.
 
-    python bench/isa_check.py                            # tiny generated corpus, cnn/lstm/cbow
-    python bench/isa_check.py --project . --models cnn_glove --epochs 1 --isa default,AVX2
+    python -m bench.isa_check                            # tiny generated corpus, cnn/lstm/cbow
+    python -m bench.isa_check --project . --models cnn_glove --epochs 1 --isa default,AVX2
                                                           # a built project's real data: the cost
 
 --project uses that project's data/tokenized, data/embeddings and params.yaml (read only).
@@ -70,8 +70,7 @@ def child(project: Path, models: list[str], epochs: int, threads: int) -> None:
 def tiny_project(base: Path, per_group: int, models: list[str]) -> Path:
     """tests/tiny.py's generated project with `per_group` training documents per group, built up
     to its embeddings by `dvc repro`."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny import make_archive, make_project, run, tiny_params, write_params
+    from tests.tiny import make_archive, make_project, run, tiny_params, write_params
 
     repo, env = make_project(base, models)
     counts = make_archive(base / "mirror" / "20news-bydate.tar.gz", train_per_group=per_group, test_per_group=10)

@@ -17,9 +17,9 @@ invocation, so runs on differently loaded machines can be compared. Results go t
 metrics/bench.json (see --out) and a table is printed. bench/README.md says what each figure means.
 
 Run it from the project root with the project's virtualenv, e.g.
-    python bench/run_bench.py                       # everything (~25-30 min on 2 cores)
-    python bench/run_bench.py --only tfidf,fasttext --repeats 5
-    python bench/run_bench.py --tiny --out /tmp/bench.json   # seconds, on generated tiny data
+    python -m bench.run_bench                       # everything (~25-30 min on 2 cores)
+    python -m bench.run_bench --only tfidf,fasttext --repeats 5
+    python -m bench.run_bench --tiny --out /tmp/bench.json   # seconds, on generated tiny data
 """
 from __future__ import annotations
 
@@ -38,12 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import peak_rss
+from bench.subproject import project_env
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench import peak_rss  # noqa: E402
 
 PARTS = ("tfidf", "fasttext", "epoch", "repro")
 GIB = 1024**3
@@ -532,26 +531,12 @@ sys.exit(code if code >= 0 else 128 - code)
 '''
 
 
-def project_env(mirror: Path | None, shell: Path, stage_log: Path) -> dict:
-    """The environment of the temporary project's `dvc repro`: this interpreter's tools first, no
-    MLflow/DVC settings of the caller, the mirror, and the measuring shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+def measured_env(mirror: Path | None, shell: Path, stage_log: Path) -> dict:
+    """The temporary project's environment (subproject.project_env) with the measuring shell."""
     real_shell = os.environ.get("SHELL") or "/bin/sh"
     if not Path(real_shell).exists() or Path(real_shell).name not in ("bash", "sh", "dash", "zsh"):
         real_shell = "/bin/sh"
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
-        GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost",
-        SHELL=str(shell), BENCH_REAL_SHELL=real_shell, BENCH_STAGE_LOG=str(stage_log),
-    )
-    if mirror is not None:
-        env["NEWSGROUPS_MIRROR"] = str(mirror)
-    else:
-        env.pop("NEWSGROUPS_MIRROR", None)
-    return env
+    return project_env(mirror, SHELL=str(shell), BENCH_REAL_SHELL=real_shell, BENCH_STAGE_LOG=str(stage_log))
 
 
 def run_measured(cmd: list[str], cwd: Path, env: dict, log_file: Path) -> dict:
@@ -666,7 +651,7 @@ def part_repro(args, work: Path, source: Path, mirror: Path | None, calibration:
     stage_log = work / "stages.jsonl"
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
-    env = project_env(mirror, shell, stage_log)
+    env = measured_env(mirror, shell, stage_log)
     repo = work / "project"
     models = [m for m in args.repro_models.split(",") if m] if args.repro_models else None
     make_repro_copy(source, repo, args.copy, models, env)
@@ -759,8 +744,7 @@ def tiny_setup(work: Path, models: list[str], need_data: bool) -> tuple[Path, Pa
     prepared/tokenized/embeddings outputs are made in this process (no DVC). Returns (repo, mirror)."""
     import yaml
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny import make_project
+    from tests.tiny import make_project
 
     repo, env = make_project(work / "tiny", models)
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))

@@ -14,10 +14,10 @@ Published tables report the mean of 10 runs. This script
 Experiments are named seed-<model>-<seed>, so running the script again resumes: finished or
 queued ones are kept (--force reruns them), failed ones are queued again.
 
-    python bench/seeds.py --models cbow,cnn_glove --seeds 10 --jobs 1
-    python bench/seeds.py --models cbow --seeds 10 --report-only
-    python bench/seeds.py --models cnn --seeds 10 --merge    # the other models' results stay
-    python bench/seeds.py --tiny --out /tmp/seeds.json        # seconds-scale check, generated data
+    python -m bench.seeds --models cbow,cnn_glove --seeds 10 --jobs 1
+    python -m bench.seeds --models cbow --seeds 10 --report-only
+    python -m bench.seeds --models cnn --seeds 10 --merge    # the other models' results stay
+    python -m bench.seeds --tiny --out /tmp/seeds.json        # seconds-scale check, generated data
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.subproject import project_env
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -295,31 +297,18 @@ def markdown(models: dict, skipped: list[str]) -> str:
 def tiny_project(work: Path, models: list[str]) -> tuple[Path, dict]:
     """A tiny copy of the project whose upstream stages are done and committed (made in-process,
     recorded with `dvc commit`), so the seed experiments only train and evaluate."""
-    sys.path.insert(0, str(BENCH))
-    import run_bench
+    from bench import run_bench
 
     repo, mirror = run_bench.tiny_setup(work, models, need_data=True)
-    env = project_env(mirror)
+    env = seeds_env(mirror)
     dvc(["commit", "-f", "-q", *run_bench.DATA_STAGES], repo, env)
     for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny baseline"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
     return repo, env
 
 
-def project_env(mirror: Path | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "3"),
-        DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME=env.get("GIT_AUTHOR_NAME", "seeds"), GIT_AUTHOR_EMAIL=env.get("GIT_AUTHOR_EMAIL", "seeds@localhost"),
-        GIT_COMMITTER_NAME=env.get("GIT_COMMITTER_NAME", "seeds"), GIT_COMMITTER_EMAIL=env.get("GIT_COMMITTER_EMAIL", "seeds@localhost"),
-    )
-    if mirror is not None:
-        env["NEWSGROUPS_MIRROR"] = str(mirror)
-    if os.environ.get("MLFLOW_TRACKING_URI"):  # the caller's tracking server, if any, stays
-        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
-    return env
+def seeds_env(mirror: Path | None) -> dict:
+    return project_env(mirror, author="seeds", keep_tracking=True)  # the caller's tracking server, if any
 
 
 # ---------------------------------------------------------------- main
@@ -377,7 +366,7 @@ def main(argv=None) -> int:
     else:
         project = args.project.resolve()
         mirror = os.environ.get("NEWSGROUPS_MIRROR") or (str(project.parent / "shared" / "data") if (project.parent / "shared" / "data").is_dir() else None)
-        env = project_env(Path(mirror).resolve() if mirror else None)
+        env = seeds_env(Path(mirror).resolve() if mirror else None)
     default_out = Path(tempfile.gettempdir()) / "seeds.tiny.json" if args.tiny else project / "metrics" / "seeds.json"
     out_path = (args.out or default_out).resolve()
     try:

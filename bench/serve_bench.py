@@ -1,8 +1,8 @@
 """Throughput and latency of models: served by `mlflow models serve`, in-process, and the CLI.
 
-    python bench/serve_bench.py                      # champion, data/prepared/test.parquet
-    python bench/serve_bench.py --model cbow --singles 100 --batches 10
-    python bench/serve_bench.py --model data/ensemble --model data/models/cbow --cli
+    python -m bench.serve_bench                      # champion, data/prepared/test.parquet
+    python -m bench.serve_bench --model cbow --singles 100 --batches 10
+    python -m bench.serve_bench --model data/ensemble --model data/models/cbow --cli
 
 For each model and path (`served`: HTTP POSTs to /invocations of a scoring server this script
 starts on a free loopback port and stops; `in-process`: pipeline.predictor's load_model + pipeline.predict's classify,
@@ -29,11 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.local_server import HOST, LocalServer, http_session
 
-from bench.local_server import HOST, LocalServer, http_session  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MAX_SINGLES = 5000
 MAX_BATCHES = 500

@@ -1,6 +1,6 @@
 """A screenshot of the MLflow UI's runs table, every pipeline model's run with its test metrics.
 
-    python bench/ui_screenshot.py --tracking-uri sqlite:///mlflow.db --out docs/mlflow_ui.png
+    python -m bench.ui_screenshot --tracking-uri sqlite:///mlflow.db --out docs/mlflow_ui.png
 
 Starts `mlflow ui` on a free loopback port over the store, drives headless Chromium (Debian's
 `chromium`, through Playwright) to the experiment's runs table, adds the metric columns, checks that
@@ -20,11 +20,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.local_server import HOST, LocalServer
 
-from bench.local_server import HOST, LocalServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -6,6 +6,7 @@ out of range fails at once with the key's full name instead of deep inside Tenso
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +17,16 @@ from .common import PipelineError
 PARAMS_FILE = "params.yaml"
 
 Check = Callable[[str, Any], Any]
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-06` (no dot) as a string; DVC (YAML 1.2) reads it as a number and writes
+    `-S` values that way, so the pipeline reads such exponents as numbers too."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
 
 
 def _fail(key: str, value: Any, expected: str) -> None:
@@ -130,7 +141,7 @@ def validate(section: str, values: Any, schema: dict[str, Check]) -> dict[str, A
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing") from None
     except yaml.YAMLError as exc:

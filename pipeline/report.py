@@ -24,7 +24,7 @@ SCHEMA = {
 KEY_PARAMS = (
     "members", "pooling", "subject_weight", "ngram_max", "hash_bits", "solver", "C", "alpha", "variant", "embedding",
     "embedding_dim",
-    "trainable", "max_len", "units", "filters", "batch_size", "learning_rate", "dropout", "quantize",
+    "trainable", "max_len", "units", "architecture", "filters", "batch_size", "learning_rate", "dropout", "quantize",
 )
 
 

@@ -40,7 +40,7 @@ def accuracy(x) -> bool:
 
 def test_harness_model_parts(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_script(["bench/run_bench.py", "--tiny", "--only", "tfidf,fasttext,epoch", "--repeats", "2",
+    proc = run_script(["-m", "bench.run_bench", "--tiny", "--only", "tfidf,fasttext,epoch", "--repeats", "2",
                        "--workdir", str(tmp_path / "work"), "--out", str(out)], tmp_path)
     result = json.loads(out.read_text())
     assert result["meta"]["tiny"] is True and result["meta"]["parts"] == ["tfidf", "fasttext", "epoch"]
@@ -86,7 +86,7 @@ def test_harness_repro_part(tmp_path):
     """The repro machinery on a cheap target: a baseline commit's from-scratch repro, then the
     copy's, no-op, one param change, per-stage peak RSS through the measuring shell."""
     out = tmp_path / "bench.json"
-    run_script(["bench/run_bench.py", "--tiny", "--only", "repro", "--repro-target", "prepare", "--baseline", "HEAD",
+    run_script(["-m", "bench.run_bench", "--tiny", "--only", "repro", "--repro-target", "prepare", "--baseline", "HEAD",
                 "--change", "prepare.seed", "--repeats", "2", "--workdir", str(tmp_path / "work"), "--out", str(out)], tmp_path)
     repro = json.loads(out.read_text())["repro"]
     full, noop, change, baseline = repro["full"], repro["noop"], repro["change"], repro["baseline"]
@@ -109,7 +109,7 @@ def test_seeds_protocol(tmp_path):
     """Queue, run and report for real, with one seed (each queued experiment costs a train and an
     evaluate stage); the statistics over several seeds are checked in the test below."""
     out, md = tmp_path / "seeds.json", tmp_path / "seeds.md"
-    proc = run_script(["bench/seeds.py", "--tiny", "--models", "tfidf_logreg,naive_bayes", "--seed-list", "7",
+    proc = run_script(["-m", "bench.seeds", "--tiny", "--models", "tfidf_logreg,naive_bayes", "--seed-list", "7",
                        "--workdir", str(tmp_path / "work"), "--out", str(out), "--md", str(md)], tmp_path)
     result = json.loads(out.read_text())
     assert result["protocol"]["models"] == ["tfidf_logreg"] and result["protocol"]["seeds"] == [7]
@@ -125,11 +125,11 @@ def test_seeds_protocol(tmp_path):
     # Again: nothing is queued twice; the MLflow source finds the same run.
     repo = str(tmp_path / "work" / "tiny" / "repo")
     again = tmp_path / "again.json"
-    run_script(["bench/seeds.py", "--project", repo, "--models", "tfidf_logreg", "--seed-list", "7", "--no-run",
+    run_script(["-m", "bench.seeds", "--project", repo, "--models", "tfidf_logreg", "--seed-list", "7", "--no-run",
                 "--out", str(again)], tmp_path)
     assert json.loads(again.read_text())["queue"] == {"queued": [], "kept": ["seed-tfidf_logreg-7"]}
     from_mlflow = tmp_path / "mlflow.json"
-    run_script(["bench/seeds.py", "--project", repo, "--models", "tfidf_logreg", "--seed-list", "7", "--report-only",
+    run_script(["-m", "bench.seeds", "--project", repo, "--models", "tfidf_logreg", "--seed-list", "7", "--report-only",
                 "--source", "mlflow", "--out", str(from_mlflow)], tmp_path)
     assert json.loads(from_mlflow.read_text())["models"]["tfidf_logreg"]["stats"] == stats
 
@@ -137,7 +137,7 @@ def test_seeds_protocol(tmp_path):
     baseline = result["protocol"]["baseline_rev"]
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "later"],
                    cwd=repo, check=True)
-    run_script(["bench/seeds.py", "--project", repo, "--models", "tfidf_logreg", "--seed-list", "7", "--report-only",
+    run_script(["-m", "bench.seeds", "--project", repo, "--models", "tfidf_logreg", "--seed-list", "7", "--report-only",
                 "--out", str(out)], tmp_path)
     later = json.loads(out.read_text())
     assert later["protocol"]["baseline_rev"] == baseline and later["models"]["tfidf_logreg"]["stats"] == stats
@@ -225,7 +225,7 @@ def test_encoder_speed_prints_a_row_per_setting(tmp_path):
     data = tmp_path / "test.parquet"
     pd.DataFrame({"text": ["the shuttle launch", "", "engine brake tire of the car"] * 4}).to_parquet(data)
     source = make_encoder(tmp_path / "tiny-bert")
-    out = run_script(["bench/encoder_speed.py", "--source", str(source), "--data", str(data), "--docs", "10",
+    out = run_script(["-m", "bench.encoder_speed", "--source", str(source), "--data", str(data), "--docs", "10",
                       "--max-len", "8", "16", "--batch-size", "4"], tmp_path).stdout
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [(r[0].strip(), r[1].strip()) for r in rows] == [("8", "float32"), ("8", "int8"), ("16", "float32"), ("16", "int8")]
@@ -243,7 +243,7 @@ def test_cnn_trial_on_a_tiny_project(tmp_path):
     repo, env = make_project(tmp_path / "project", ["cnn"])
     run(["dvc", "repro", "-q", "embeddings"], repo, env)
     log = tmp_path / "trials.jsonl"
-    run_script(["bench/cnn_trial.py", "--project", str(repo), "cnn", "architecture=parallel", "kernel_sizes=[2,3]",
+    run_script(["-m", "bench.cnn_trial", "--project", str(repo), "cnn", "architecture=parallel", "kernel_sizes=[2,3]",
                 "--log", str(log)], tmp_path)
     row = json.loads(log.read_text())
     assert row["model"] == "cnn" and row["overrides"] == "architecture=parallel kernel_sizes=[2,3]"

