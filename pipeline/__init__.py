@@ -10,3 +10,7 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", CPU_ISA)
 # TensorFlow's C++ notices (oneDNN, CPU features); the ones printed before logging is set up
 # are hidden by common.import_tensorflow.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# MLflow's INFO lines (database set-up, input-example validation) and artifact progress bars on
+# every stage's and the CLI's stderr; its warnings stay.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -13,6 +13,7 @@ the fitted encoder beside the embeddings for train@minilm_logreg to put in front
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import tempfile
 import zipfile
@@ -203,8 +204,12 @@ def quantize(model: bytes) -> bytes:
     with tempfile.TemporaryDirectory() as work:
         src, dst = Path(work) / "f32.onnx", Path(work) / "int8.onnx"
         src.write_bytes(model)
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                         op_types_to_quantize=["MatMul"])
+        logging.disable(logging.WARNING)  # its advice to pre-process the graph (shape inference) on stderr
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                             op_types_to_quantize=["MatMul"])
+        finally:
+            logging.disable(logging.NOTSET)
         return dst.read_bytes()
 
 

@@ -2,6 +2,9 @@
 registered in the MLflow model registry under an alias."""
 from __future__ import annotations
 
+import contextlib
+import io
+
 from . import params as P
 from . import paths
 from .classifier import ENSEMBLE
@@ -92,7 +95,7 @@ def markdown(rows: list[dict], best: dict) -> str:
 
 
 def register_champion(run_id: str, name: str, alias: str) -> str:
-    """Register runs:/<run_id>/model (once per run) and point the alias at it."""
+    """Register the model the run logged (once per run) and point the alias at it."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -103,7 +106,14 @@ def register_champion(run_id: str, name: str, alias: str) -> str:
     client = MlflowClient()
     try:
         existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
-        version = existing[0].version if existing else mlflow.register_model(f"runs:/{run_id}/model", name).version
+        if existing:
+            version = existing[0].version
+        else:  # MLflow 3 keeps a run's model as a logged model of its own, models:/<model_id>
+            outputs = client.get_run(run_id).outputs
+            logged = outputs.model_outputs if outputs else []
+            source = f"models:/{logged[-1].model_id}" if logged else f"runs:/{run_id}/model"
+            with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered" chatter
+                version = mlflow.register_model(source, name).version
         client.set_registered_model_alias(name, alias, version)
     except MlflowException as exc:
         raise PipelineError(f"MLflow registry at {mlflow.get_tracking_uri()}: {str(exc).splitlines()[0]}") from None

@@ -21,7 +21,7 @@ def project(tmp_path_factory):
     """A copy of the project in a fresh git repo, pointed at a tiny mirror; `dvc repro` done once."""
     repo, env = make_project(tmp_path_factory.mktemp("e2e"), MODELS)
     first = run(["dvc", "repro"], repo, env)
-    return {"repo": repo, "env": env, "first": first.stdout}
+    return {"repo": repo, "env": env, "first": first.stdout, "first_stderr": first.stderr}
 
 
 def test_repro_builds_every_output(project):
@@ -107,6 +107,11 @@ def test_mlflow_has_every_run_and_the_champion(project):
     assert list(out.columns[:1]) == ["label"] and len(out) == 2
     version = client.get_model_version_by_alias("newsgroups-classifier", "champion")
     assert version.run_id == summary["models"][summary["champion"]["model"]]["mlflow_run_id"]
+
+
+def test_stages_write_nothing_on_stderr(project):
+    """No library notices (TensorFlow, oneDNN, Keras masking, MLflow, quantization) from any stage."""
+    assert project["first_stderr"].strip() == ""
 
 
 def test_second_repro_reruns_nothing(project):
