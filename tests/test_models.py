@@ -132,14 +132,13 @@ def parallel(cfg: dict, widths=(2, 3, 4), filters: int = 4) -> dict:
 
 
 @pytest.mark.parametrize("name", CNNS)
-def test_stacked_cnn_is_the_keras_io_recipe(built, configs, name):
-    """The default shape: 3 x Conv1D with max-pooling between, global max, a dense head."""
-    model = built[name]
+def test_stacked_cnn_is_the_keras_io_recipe(configs, glove, name):
+    """architecture: stacked is the recipe's shape: 3 x Conv1D with max-pooling between, global max, a dense head."""
+    cfg = {**configs[name], "architecture": "stacked"}
+    model = get_spec(name).build(cfg, VOCAB, CLASSES, glove)
     kinds = [type(layer).__name__ for layer in model.layers if type(layer).__name__ not in ("InputLayer", "SpatialDropout1D")]
     assert kinds == ["Embedding", "Conv1D", "MaxPooling1D", "Conv1D", "MaxPooling1D", "Conv1D", "GlobalMaxPooling1D",
                      "Dense", "Dropout", "Dense"]
-    cfg = configs[name]
-    assert cfg["architecture"] == "stacked"
     assert get_spec(name).min_len(cfg) == (cfg["kernel_size"] * cfg["pool_size"] + cfg["kernel_size"] - 1) * cfg["pool_size"] + cfg["kernel_size"] - 1
     assert get_spec(name).unused(cfg) == {"kernel_sizes"}
 
@@ -237,7 +236,8 @@ def test_one_way_lstm_padding_repeats_real_outputs(configs, glove):
     import keras
 
     model = get_spec("lstm").build({**configs["lstm"], "bidirectional": False}, VOCAB, CLASSES, glove)
-    steps = keras.Model(model.input, model.get_layer("lstm").output)
+    lstm = next(layer for layer in model.layers if isinstance(layer, keras.layers.LSTM))
+    steps = keras.Model(model.input, lstm.output)
     x = token_batch()
     outputs = np.asarray(steps(x))
     lengths = (x > 0).sum(axis=1)

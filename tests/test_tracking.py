@@ -260,16 +260,18 @@ def test_training_failure_marks_the_run_failed(in_project, trained, monkeypatch,
 
 
 @pytest.mark.parametrize(
-    "name, max_len, message",
+    "name, changes, message",
     [
-        ("cbow_glove", 100, r"train.cbow_glove.max_len = 100: above tokenize.max_len 60"),
-        # kernel 3, pool 2 (tiny params): conv -> pool -> conv -> pool -> conv needs 3*2+2=8, 8*2+2=18 tokens
-        ("cnn", 10, r"train.cnn.max_len = 10: cnn needs at least 18 tokens"),
+        ("cbow_glove", {"max_len": 100}, r"train.cbow_glove.max_len = 100: above tokenize.max_len 60"),
+        # parallel: the widest of kernel_sizes [3, 4, 5]
+        ("cnn", {"architecture": "parallel", "max_len": 4}, r"train.cnn.max_len = 4: cnn needs at least 5 tokens"),
+        # stacked, kernel 3, pool 2 (tiny params): conv -> pool -> conv -> pool -> conv needs 3*2+2=8, 8*2+2=18 tokens
+        ("cnn", {"architecture": "stacked", "max_len": 10}, r"train.cnn.max_len = 10: cnn needs at least 18 tokens"),
     ],
 )
-def test_bad_max_len_is_a_params_error_before_any_run(in_project, trained, tmp_path, name, max_len, message):
+def test_bad_max_len_is_a_params_error_before_any_run(in_project, trained, tmp_path, name, changes, message):
     params = json.loads(json.dumps(in_project["params"]))
-    params["train"][name]["max_len"] = max_len
+    params["train"][name].update(changes)
     params_file = write_params(tmp_path / "params.yaml", params)
     before = len(runs_named(in_project["experiment_id"], name))
     with pytest.raises(PipelineError, match=message):
