@@ -31,23 +31,21 @@ CHUNK = 256  # documents per model call: output streams, memory stays bounded
 # ---------------------------------------------------------------- classify and print
 
 
-def top_groups(frame, k: int) -> list[dict]:
-    """Per row of a predict frame: label and the k most probable groups, most probable first."""
+def top_groups(classes: Sequence[str], probs, k: int) -> list[dict]:
+    """Per row of probabilities: the most probable group as `label` and the k most probable groups,
+    most probable first."""
     import numpy as np
 
-    if "label" not in frame.columns:
-        raise PipelineError("the model's output has no 'label' column: not a newsgroups classifier")
-    classes = [c for c in frame.columns if c != "label"]
-    probs = frame[classes].to_numpy(dtype=np.float64)
-    out = []
-    for label, row in zip(frame["label"].tolist(), probs):
-        order = np.argsort(-row, kind="stable")[:k]
-        out.append({"label": label, "top": [{"group": classes[j], "probability": float(row[j])} for j in order]})
-    return out
+    probs = np.asarray(probs, dtype=np.float64)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        {"label": classes[best[0]], "top": [{"group": classes[j], "probability": float(row[j])} for j in best]}
+        for row, best in zip(probs, order)
+    ]
 
 
 def classify(predictor: Predictor, texts: Sequence[str], k: int = 3) -> list[dict]:
-    return top_groups(predictor.predict_frame(list(texts)), k)
+    return top_groups(predictor.classes, predictor.predict_proba(list(texts)), k)
 
 
 def human_line(doc: Input, result: dict) -> str:

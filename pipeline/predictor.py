@@ -19,10 +19,15 @@ DEFAULT_ALIAS = "champion"
 
 @dataclass
 class Predictor:
-    """A loaded model: texts -> frame with `label` and one probability column per group."""
+    """A loaded model: texts -> one row of probabilities per text, a column per group."""
 
     uri: str  # what was asked for, resolved (models:/..., runs:/..., or a directory)
-    predict_frame: Callable[[list[str]], "object"]
+    classes: list[str]
+    predict_proba: Callable[[list[str]], "object"]
+
+    @classmethod
+    def of(cls, uri: str, classifier) -> "Predictor":
+        return cls(uri, list(classifier.classes), classifier.predict_proba)
 
 
 def quiet_libraries() -> None:
@@ -112,6 +117,7 @@ def check_run_uri(model_uri: str, client) -> None:
 def load_mlflow(model_uri: str, tracking: str | None = None) -> Predictor:
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from .tracking import tracking_uri
 
@@ -130,10 +136,25 @@ def load_mlflow(model_uri: str, tracking: str | None = None) -> Predictor:
     except Exception as exc:  # unreachable store, missing artifacts, a broken model
         raise PipelineError(f"{model_uri}: cannot load the model ({type(exc).__name__}: {first_line(exc)})") from None
 
-    def predict_frame(texts: list[str]):
-        return model.predict(list(texts))
+    try:  # one of ours: call its classifier, without MLflow's input checks and output frame
+        return Predictor.of(model_uri, model.unwrap_python_model().classifier)
+    except (AttributeError, MlflowException):
+        return frame_predictor(model_uri, model)
 
-    return Predictor(model_uri, predict_frame)
+
+def frame_predictor(model_uri: str, model) -> Predictor:
+    """Another pyfunc model answering with a frame: `label` and one probability column per group."""
+    import numpy as np
+
+    probe = model.predict(["probe"])
+    if "label" not in getattr(probe, "columns", ()):
+        raise PipelineError(f"{model_uri}: the model's output has no 'label' column: not a newsgroups classifier")
+    classes = [str(c) for c in probe.columns if c != "label"]
+
+    def predict_proba(texts: list[str]):
+        return model.predict(list(texts))[classes].to_numpy(dtype=np.float64)
+
+    return Predictor(model_uri, classes, predict_proba)
 
 
 def load_directory(directory: Path) -> Predictor:
@@ -149,7 +170,7 @@ def load_directory(directory: Path) -> Predictor:
             raise PipelineError(
                 f"{directory}: cannot load the model ({type(exc).__name__}: {first_line(exc)})"
             ) from None
-        return Predictor(str(directory), classifier.predict_frame)
+        return Predictor.of(str(directory), classifier)
     if (directory / "MLmodel").is_file():
         return load_mlflow(str(directory))
     raise PipelineError(f"{directory}: not a model directory (no {META} or MLmodel)")

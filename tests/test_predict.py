@@ -257,10 +257,32 @@ def test_no_input_on_a_terminal_is_an_error():
 
 
 def test_top_groups_orders_and_cuts():
+    probs = np.array([[0.2, 0.7, 0.1], [0.5, 0.1, 0.4]], dtype=np.float32)
+    assert P.top_groups(["a", "b", "c"], probs, 2) == [
+        {"label": "b", "top": [{"group": "b", "probability": float(np.float32(0.7))},
+                               {"group": "a", "probability": float(np.float32(0.2))}]},
+        {"label": "a", "top": [{"group": "a", "probability": 0.5}, {"group": "c", "probability": float(np.float32(0.4))}]},
+    ]
+    assert len(P.top_groups(["a", "b", "c"], probs, 10)[0]["top"]) == 3
+
+
+def test_a_foreign_pyfunc_model_is_read_through_its_frame():
+    """A pyfunc model that is not one of ours answers with a frame: its probability columns are used."""
     import pandas as pd
 
-    frame = pd.DataFrame({"label": ["b"], "a": [0.2], "b": [0.7], "c": [0.1]})
-    assert P.top_groups(frame, 2) == [
-        {"label": "b", "top": [{"group": "b", "probability": 0.7}, {"group": "a", "probability": 0.2}]}
-    ]
-    assert len(P.top_groups(frame, 10)[0]["top"]) == 3
+    from pipeline.predictor import frame_predictor
+
+    class Model:
+        def predict(self, texts):
+            return pd.DataFrame({"label": ["b"] * len(texts), "a": [0.3] * len(texts), "b": [0.7] * len(texts)})
+
+    predictor = frame_predictor("runs:/x/model", Model())
+    assert predictor.classes == ["a", "b"]
+    assert P.classify(predictor, ["one", "two"], k=1) == [{"label": "b", "top": [{"group": "b", "probability": 0.7}]}] * 2
+
+    class NotOurs:
+        def predict(self, texts):
+            return pd.DataFrame({"score": [1.0] * len(texts)})
+
+    with pytest.raises(PipelineError, match=r"runs:/y/model: the model's output has no 'label' column"):
+        frame_predictor("runs:/y/model", NotOurs())
