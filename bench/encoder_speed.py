@@ -1,4 +1,4 @@
-"""Encoding speed of minilm_logreg's sentence encoder (pipeline/encoder.py) on the real test split:
+"""Encoding speed of the sentence encoder (pipeline/encoder.py) on the real test split:
 documents per second for float32 and int8 at a few `max_len`, and how far int8 strays from
 float32 (cosine of the two embeddings of each document). Prints a table; run on a quiet machine
 after `dvc repro prepare fetch_encoder` (it reads data/prepared/test.parquet and data/encoder by default).

@@ -2,9 +2,10 @@
 import os
 
 # oneDNN, behind TensorFlow's CPU kernels and matrix products, picks its code by the CPU's
-# instruction set at run time, and the kernels round differently: capped at one level every
-# x86-64 CPU of the last decade has, training gives the same weights on all of them
-# (docs/reproducibility.md). Read before TensorFlow's first op; a value the user set wins.
+# instruction set at run time, and the kernels round differently. Capped at one level every
+# x86-64 CPU of the last decade has, the CBOWs train to the same weights with and without
+# AVX-512; the convolutions and the LSTM still do not (docs/reproducibility.md). Read before
+# TensorFlow's first op; a value the user set wins.
 CPU_ISA = "AVX2"
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", CPU_ISA)
 # TensorFlow's C++ log lines (oneDNN, CPU features) are notices, not errors, even those it logs at

@@ -28,7 +28,6 @@ from .report import SCHEMA as REPORT
 from .tokenize import SCHEMA as TOKENIZE
 from .tracking import MLFLOW_SCHEMA
 
-OUT = paths.PARAMS_VALID
 CONTENT = "params.yaml: every section valid\n"
 
 
@@ -99,8 +98,8 @@ def check_params(params: dict) -> None:
 
 def main(argv: list[str]) -> None:
     check_params(P.load_params())
-    if not OUT.is_file() or OUT.read_text(encoding="utf-8") != CONTENT:
-        write_text(OUT, CONTENT)
+    if not paths.PARAMS_VALID.is_file() or paths.PARAMS_VALID.read_text(encoding="utf-8") != CONTENT:
+        write_text(paths.PARAMS_VALID, CONTENT)
     print(f"check_params: {P.PARAMS_FILE} valid")
 
 

@@ -14,11 +14,6 @@ from . import params as P
 from . import paths
 from .common import atomic_path, read_json, run_main, write_json
 
-TOKENIZED = paths.TOKENIZED
-GLOVE = paths.GLOVE
-OUT = paths.EMBEDDINGS
-METRICS = paths.EMBEDDINGS_METRICS
-
 SCHEMA = {"oov": P.choice("zeros", "random"), "seed": P.integer(0), "top_oov": P.integer(0, 1000)}
 
 
@@ -58,15 +53,15 @@ def coverage(vocab: list[str], found: np.ndarray, train_ids: np.ndarray, top: in
 
 def main(argv: list[str]) -> None:
     cfg = P.stage_params("embeddings", SCHEMA)
-    vocab = read_json(TOKENIZED / "vocab.json")
-    words = read_json(GLOVE / "words.json")
-    vectors = np.load(GLOVE / "vectors.npy")
+    vocab = read_json(paths.TOKENIZED / "vocab.json")
+    words = read_json(paths.GLOVE / "words.json")
+    vectors = np.load(paths.GLOVE / "vectors.npy")
     matrix, found = build_matrix(vocab, words, vectors, cfg["oov"], cfg["seed"])
-    with atomic_path(OUT, directory=True) as tmp:
+    with atomic_path(paths.EMBEDDINGS, directory=True) as tmp:
         np.save(tmp / "matrix.npy", matrix)
     report = {"dim": int(matrix.shape[1]), "oov_init": cfg["oov"]}
-    report |= coverage(vocab, found, np.load(TOKENIZED / "train.npz")["x"], cfg["top_oov"])
-    write_json(METRICS, report)
+    report |= coverage(vocab, found, np.load(paths.TOKENIZED / "train.npz")["x"], cfg["top_oov"])
+    write_json(paths.EMBEDDINGS_METRICS, report)
     print(
         f"embeddings: {matrix.shape[0]} x {matrix.shape[1]}; vocabulary coverage "
         f"{report['vocab_coverage']:.3f}, training-token coverage {report['train_token_coverage']:.3f}"

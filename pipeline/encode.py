@@ -3,8 +3,7 @@
 Outputs in data/encoded: <split>.npy (float32 [documents, hidden], rows in data/prepared's order),
 encoder.pkl (the fitted SentenceEncoder that computed them, which train@minilm_logreg puts in front
 of its classifier so the saved model takes raw text) and meta.json (the settings, the seconds each
-split took). A change to minilm_logreg's classifier or to the ensemble reruns in seconds, without
-encoding again.
+split took). A change to minilm_logreg's classifier or to the ensemble reruns without encoding again.
 """
 from __future__ import annotations
 
@@ -18,14 +17,13 @@ import pandas as pd
 from . import params as P
 from . import paths
 from .common import atomic_path, run_main, write_json
-from .encoder import ENCODED, ENCODER_DIR, ENCODER_PICKLE, SentenceEncoder
-
-SPLITS = paths.SPLITS
+from .encoder import ENCODER_PICKLE, SentenceEncoder
 
 SCHEMA = {
     "max_len": P.integer(2, 4096),  # wordpieces encoded per document, from its start
     "quantize": P.boolean(),  # int8 matrix products instead of float32
     "batch_size": P.integer(1, 4096),  # documents per forward pass (each batch padded to its longest)
+    "text": P.choice("content", "full"),  # what is encoded of a document (see messages.content)
 }
 
 
@@ -46,9 +44,9 @@ def encode_splits(encoder: SentenceEncoder, texts: dict[str, list[str]], out: Pa
 
 def main(argv: list[str]) -> None:
     cfg = P.stage_params("encode", SCHEMA)
-    texts = {s: pd.read_parquet(paths.split_file(s))["text"].tolist() for s in SPLITS}
-    encoder = SentenceEncoder(str(ENCODER_DIR), cfg["max_len"], cfg["quantize"], cfg["batch_size"]).fit()
-    with atomic_path(ENCODED, directory=True) as tmp:
+    texts = {s: pd.read_parquet(paths.split_file(s))["text"].tolist() for s in paths.SPLITS}
+    encoder = SentenceEncoder(str(paths.ENCODER), cfg["max_len"], cfg["quantize"], cfg["batch_size"], cfg["text"]).fit()
+    with atomic_path(paths.ENCODED, directory=True) as tmp:
         seconds = encode_splits(encoder, texts, tmp)
         with open(tmp / ENCODER_PICKLE, "wb") as handle:
             pickle.dump(encoder, handle, protocol=5)

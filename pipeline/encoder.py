@@ -25,10 +25,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from . import paths
 from .common import PipelineError
+from .messages import content
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
-ENCODER_DIR = paths.ENCODER  # FILES
-ENCODED = paths.ENCODED
 ENCODER_PICKLE = "encoder.pkl"
 
 
@@ -221,11 +220,13 @@ class SentenceEncoder(TransformerMixin, BaseEstimator):
     (a directory or .zip, see `read_model_files`) and ignores the texts: the encoder is
     pretrained and stays frozen."""
 
-    def __init__(self, path: str = str(ENCODER_DIR), max_len: int = 128, quantize: bool = False, batch_size: int = 64):
+    def __init__(self, path: str = str(paths.ENCODER), max_len: int = 128, quantize: bool = False,
+                 batch_size: int = 64, text: str = "full"):
         self.path = path
         self.max_len = max_len
         self.quantize = quantize
         self.batch_size = batch_size
+        self.text = text  # what it reads of a document: "full", or its "content" (messages.content)
 
     def fit(self, texts=None, y=None):
         files = read_model_files(self.path)
@@ -265,6 +266,8 @@ class SentenceEncoder(TransformerMixin, BaseEstimator):
         """The embeddings of `texts`; `progress` (a tqdm bar) is advanced by the documents done."""
         session, tokenizer = self._runtime()
         texts = [str(t) for t in texts]
+        if self.text == "content":
+            texts = [content(t) for t in texts]
         encoded = [e.ids for e in tokenizer.encode_batch(texts)] if texts else []
         # Documents sorted by length, so a batch pads little; results go back in input order.
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
@@ -286,7 +289,7 @@ class SentenceEncoder(TransformerMixin, BaseEstimator):
 # ---------------------------------------------------------------- the encode stage's outputs
 
 
-def read_encoder(directory: Path = ENCODED) -> SentenceEncoder:
+def read_encoder(directory: Path = paths.ENCODED) -> SentenceEncoder:
     """The fitted encoder the encode stage embedded the splits with."""
     path = directory / ENCODER_PICKLE
     if not path.is_file():
@@ -295,7 +298,7 @@ def read_encoder(directory: Path = ENCODED) -> SentenceEncoder:
         return pickle.load(handle)
 
 
-def read_embeddings(split: str, n_docs: int, directory: Path = ENCODED) -> np.ndarray:
+def read_embeddings(split: str, n_docs: int, directory: Path = paths.ENCODED) -> np.ndarray:
     """The encode stage's embeddings of `split`, one row per document of data/prepared's split."""
     path = directory / f"{split}.npy"
     if not path.is_file():

@@ -25,10 +25,6 @@ from .classifier import ENSEMBLE, META, POOLINGS, VAL_PROBS, load_probs, log_pro
 from .common import PipelineError, atomic_path, path_md5, read_json, remove_quietly, run_main, write_json
 
 NAME = ENSEMBLE
-VAL = paths.split_file("val")
-MODELS = paths.MODELS
-OUT = paths.ENSEMBLE
-METRICS = paths.TRAIN_METRICS
 
 SCHEMA = {
     "members": P.list_of(P.string(), nonempty=True),
@@ -87,19 +83,19 @@ def crossfit_accuracy(probs: list[np.ndarray], y: np.ndarray, pooling: str, seed
 
 def member_val_probs(members: list[str], n_docs: int) -> tuple[list[np.ndarray], list[str]]:
     """The members' saved validation probabilities and their (shared) classes."""
-    missing = [m for m in members if not (MODELS / m / META).is_file()]
+    missing = [m for m in members if not (paths.MODELS / m / META).is_file()]
     if missing:
-        raise PipelineError(f"params.yaml: ensemble.members: {missing[0]!r} has no trained model in {MODELS}")
-    member_classes = [read_json(MODELS / m / META)["classes"] for m in members]
+        raise PipelineError(f"params.yaml: ensemble.members: {missing[0]!r} has no trained model in {paths.MODELS}")
+    member_classes = [read_json(paths.MODELS / m / META)["classes"] for m in members]
     classes = member_classes[0]
     if any(c != classes for c in member_classes):
         raise PipelineError("params.yaml: ensemble.members: the models were trained on different classes")
-    probs = [load_probs(MODELS / m / VAL_PROBS, (n_docs, len(classes)), f"train@{m}")[0] for m in members]
+    probs = [load_probs(paths.MODELS / m / VAL_PROBS, (n_docs, len(classes)), f"train@{m}")[0] for m in members]
     return probs, classes
 
 
 def build(members: list[str], pooling: str, seed: int, out: Path) -> dict:
-    val = pd.read_parquet(VAL)
+    val = pd.read_parquet(paths.split_file("val"))
     texts, y = val["text"].tolist(), val["label"].to_numpy()
     start = time.perf_counter()
     probs, classes = member_val_probs(members, len(y))
@@ -110,7 +106,7 @@ def build(members: list[str], pooling: str, seed: int, out: Path) -> dict:
     # serving neither loads nor runs it. The metrics keep every member's weight.
     kept = [i for i, w in enumerate(saved) if w > 0] or list(range(len(members)))
     for i in kept:
-        shutil.copytree(MODELS / members[i], out / members[i], ignore=shutil.ignore_patterns(VAL_PROBS))
+        shutil.copytree(paths.MODELS / members[i], out / members[i], ignore=shutil.ignore_patterns(VAL_PROBS))
     write_json(
         out / "meta.json",
         {"model": NAME, "kind": ENSEMBLE, "classes": classes, "members": [members[i] for i in kept],
@@ -135,11 +131,11 @@ def main(argv: list[str]) -> None:
     params = P.load_params()
     cfg = P.stage_params(NAME, SCHEMA, params=params)
     experiment = P.stage_params("mlflow", MLFLOW_SCHEMA, params=params)["experiment"]
-    out = OUT
-    remove_quietly(out, METRICS / f"{NAME}.json")
+    out = paths.ENSEMBLE
+    remove_quietly(out, paths.TRAIN_METRICS / f"{NAME}.json")
     flat = {"members": ",".join(cfg["members"]), "pooling": cfg["pooling"], "seed": cfg["seed"]}
-    with training_run(experiment, NAME, stage_name(NAME), flat, [MODELS / m for m in cfg["members"]]) as run_id:
-        log_splits([VAL], "training")  # the ensemble's weights are fitted on the validation split
+    with training_run(experiment, NAME, stage_name(NAME), flat, [paths.MODELS / m for m in cfg["members"]]) as run_id:
+        log_splits([paths.split_file("val")], "training")  # the ensemble's weights are fitted on the validation split
         with atomic_path(out, directory=True) as tmp:
             result = build(cfg["members"], cfg["pooling"], cfg["seed"], tmp)
             mlflow.log_metrics(
@@ -158,7 +154,7 @@ def main(argv: list[str]) -> None:
             "train_seconds": round(result["seconds"], 1),
             "mlflow_run_id": run_id,
         }
-        write_json(METRICS / f"{NAME}.json", report)
+        write_json(paths.TRAIN_METRICS / f"{NAME}.json", report)
     print(f"ensemble: weights {result['weights']}; cross-fitted val accuracy {report['val_accuracy']:.4f}")
 
 

@@ -4,8 +4,9 @@ Writes metrics/eval/<model>.json, the predictions for `dvc plots` (confusion tem
 data/test_probs/<model>.npz (the test probabilities and the seconds they took), and adds the test
 metrics, figures and classification report to the model's own MLflow run.
 
-minilm_logreg is scored from the encode stage's test embeddings (data/encoded), not by encoding
-the test split a second time; its seconds are the encoder's on that split plus the classifier's.
+A model on sentence embeddings (minilm_logreg) is scored from the encode stage's test embeddings
+(data/encoded), not by encoding the test split a second time; its seconds are the encoder's on
+that split plus the classifier's.
 
 The ensemble (evaluate_ensemble) is scored from its members' saved test probabilities, pooled
 with its weights: the same numbers its Classifier computes from raw text (its members are copies
@@ -30,12 +31,6 @@ from . import params as P
 from . import paths
 from .classifier import ENSEMBLE, Classifier, load_probs, model_dir, pool, read_ensemble, stage_name
 from .common import PipelineError, atomic_path, read_json, remove_quietly, run_main, write_json
-
-TEST = paths.split_file("test")
-HISTORY = paths.HISTORY
-METRICS = paths.EVAL_METRICS
-OUT = paths.EVAL
-TEST_PROBS = paths.TEST_PROBS
 
 SCHEMA = {"batch_size": P.integer(1, 65536)}
 
@@ -101,7 +96,7 @@ def learning_curve_png(history: pd.DataFrame, title: str, path: Path) -> None:
 
 
 def member_test_probs(member: str, n_docs: int, n_classes: int) -> tuple[np.ndarray, float]:
-    probs, scalars = load_probs(TEST_PROBS / f"{member}.npz", (n_docs, n_classes), f"evaluate@{member}")
+    probs, scalars = load_probs(paths.TEST_PROBS / f"{member}.npz", (n_docs, n_classes), f"evaluate@{member}")
     return probs, float(scalars["inference_seconds"])
 
 
@@ -125,25 +120,26 @@ def encoded_proba(classifier: Classifier, n_docs: int) -> tuple[np.ndarray, floa
     probabilities from the cached test embeddings (the same numbers as from raw text, which the
     end-to-end test checks), and the seconds the encoder took on the test split in that stage
     plus the classifier's. None otherwise: the model then runs on raw text."""
-    from .encoder import ENCODED, ENCODER_PICKLE, read_embeddings, read_encoder
+    from .encoder import ENCODER_PICKLE, read_embeddings, read_encoder
     from .models import REGISTRY
 
     spec = REGISTRY.get(classifier.name)
-    if classifier.kind != "sklearn" or spec is None or not spec.encoded or not (ENCODED / ENCODER_PICKLE).is_file():
+    encoded = paths.ENCODED
+    if classifier.kind != "sklearn" or spec is None or not spec.encoded or not (encoded / ENCODER_PICKLE).is_file():
         return None
     saved, cached = classifier.model[0], read_encoder()
-    if (saved.graph_, saved.tokenizer_, saved.max_len) != (cached.graph_, cached.tokenizer_, cached.max_len):
-        print(f"evaluate@{classifier.name}: its encoder is not the one in {ENCODED}: encoding the test split again")
+    if any(getattr(saved, k) != getattr(cached, k) for k in ("graph_", "tokenizer_", "max_len", "text")):
+        print(f"evaluate@{classifier.name}: its encoder is not the one in {encoded}: encoding the test split again")
         return None
     x = read_embeddings("test", n_docs)
     start = time.perf_counter()
     probs = classifier.model[-1].predict_proba(x).astype(np.float32)
-    return probs, float(read_json(ENCODED / "meta.json")["seconds"]["test"]) + time.perf_counter() - start
+    return probs, float(read_json(encoded / "meta.json")["seconds"]["test"]) + time.perf_counter() - start
 
 
 def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Metrics, classes, true and predicted labels, and probabilities on the test split."""
-    test = pd.read_parquet(TEST)
+    test = pd.read_parquet(paths.split_file("test"))
     texts = test["text"].tolist()
     if name == ENSEMBLE:
         probs, classes, seconds = ensemble_proba(model_dir(name), len(texts))
@@ -171,23 +167,23 @@ def main(argv: list[str]) -> None:
     cfg = P.stage_params("evaluate", SCHEMA)
     mlflow.set_tracking_uri(checked_tracking_uri())  # an unreachable server fails now, not after the whole evaluation
     run_id = find_model_run(model_dir(name), stage_name(name))
-    remove_quietly(METRICS / f"{name}.json", OUT / name, TEST_PROBS / f"{name}.npz")
+    remove_quietly(paths.EVAL_METRICS / f"{name}.json", paths.EVAL / name, paths.TEST_PROBS / f"{name}.npz")
     result, classes, y_true, y_pred, probs = evaluate(name, cfg["batch_size"])
-    with atomic_path(OUT / name, directory=True) as tmp:
+    with atomic_path(paths.EVAL / name, directory=True) as tmp:
         pd.DataFrame({"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]}).to_csv(
             tmp / "predictions.csv", index=False
         )
         confusion_png(y_true, y_pred, classes, f"{name}: test confusion matrix", tmp / "confusion_matrix.png")
         figures = ["confusion_matrix.png"]
         if name != ENSEMBLE:  # the ensemble's weights are one fit, without epochs
-            history = pd.read_csv(HISTORY / f"{name}.csv")
+            history = pd.read_csv(paths.HISTORY / f"{name}.csv")
             learning_curve_png(history, f"{name}: learning curves", tmp / "learning_curve.png")
             figures.append("learning_curve.png")
         report = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=classes, digits=4,
                                        zero_division=0)
         (tmp / "classification_report.txt").write_text(report, encoding="utf-8")
         with reopen_run(run_id):
-            log_splits([TEST], "evaluation")
+            log_splits([paths.split_file("test")], "evaluation")
             mlflow.log_metrics(
                 {
                     "test_accuracy": result["accuracy"],
@@ -199,10 +195,10 @@ def main(argv: list[str]) -> None:
             for file in (*figures, "classification_report.txt"):
                 mlflow.log_artifact(str(tmp / file), artifact_path="evaluation")
     if name != ENSEMBLE:  # for evaluate_ensemble
-        with atomic_path(TEST_PROBS / f"{name}.npz") as tmp:
+        with atomic_path(paths.TEST_PROBS / f"{name}.npz") as tmp:
             with open(tmp, "wb") as handle:
                 np.savez(handle, probs=probs, inference_seconds=result["inference_seconds"])
-    write_json(METRICS / f"{name}.json", {**result, "mlflow_run_id": run_id})
+    write_json(paths.EVAL_METRICS / f"{name}.json", {**result, "mlflow_run_id": run_id})
     print(f"evaluate@{name}: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
           f"{result['docs_per_second']} docs/s")
 

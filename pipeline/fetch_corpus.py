@@ -9,7 +9,6 @@ from .common import PipelineError, atomic_path, run_main
 from .corpus import check_counts, count_documents
 from .download import fetch
 
-OUT = paths.ARCHIVE
 ARCHIVE_NAME = "20news-bydate.tar.gz"
 
 SCHEMA = {
@@ -23,7 +22,7 @@ SCHEMA = {
 }
 
 
-def fetch_corpus(cfg: dict, out: Path = OUT) -> dict:
+def fetch_corpus(cfg: dict, out: Path = paths.ARCHIVE) -> dict:
     """Fetch into a temporary file, verify it, then rename: a bad archive leaves no output."""
     with atomic_path(out) as tmp:
         source = fetch([ARCHIVE_NAME], cfg["url"], tmp, cfg["md5"], cfg["timeout"], cfg["retries"])
@@ -38,7 +37,7 @@ def fetch_corpus(cfg: dict, out: Path = OUT) -> dict:
 def main(argv: list[str]) -> None:
     cfg = P.stage_params("fetch_corpus", SCHEMA)
     info = fetch_corpus(cfg)
-    print(f"fetch_corpus: {OUT} from {info['source']}: {info['train']} train, {info['test']} test documents")
+    print(f"fetch_corpus: {paths.ARCHIVE} from {info['source']}: {info['train']} train, {info['test']} test documents")
 
 
 if __name__ == "__main__":

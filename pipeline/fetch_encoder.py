@@ -21,11 +21,11 @@ import zipfile
 from pathlib import Path
 
 from . import params as P
+from . import paths
 from .common import MIRROR_ENV, PipelineError, atomic_path, file_digest, mirror_dir, mirror_file, run_main
 from .download import fetch
-from .encoder import ENCODER_DIR, FILES, parse_model, read_encoder_zip, read_model_files
+from .encoder import FILES, parse_model, read_encoder_zip, read_model_files
 
-OUT = ENCODER_DIR
 MIRROR_ZIP = "all-MiniLM-L6-v2.zip"  # source url: the model's files zipped, under this name in the mirror
 MIRROR_DIR = "all-MiniLM-L6-v2"  # or the files in this folder of the mirror
 
@@ -130,11 +130,11 @@ def model_files(cfg: dict, work: Path) -> tuple[dict[str, bytes], str]:
 
 def main(argv: list[str]) -> None:
     cfg = P.stage_params("fetch_encoder", SCHEMA)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=OUT.parent) as work:
+    paths.ENCODER.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=paths.ENCODER.parent) as work:
         files, origin = model_files(cfg, Path(work))
     config, _ = parse_model(files, origin)  # not a BERT model the encoder runs: fail here, not in train
-    with atomic_path(OUT, directory=True) as tmp:
+    with atomic_path(paths.ENCODER, directory=True) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
     size = sum(map(len, files.values())) / 1e6

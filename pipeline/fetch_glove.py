@@ -14,8 +14,6 @@ from . import paths
 from .common import PipelineError, atomic_path, mirror_file, run_main, write_json
 from .download import fetch
 
-OUT = paths.GLOVE
-
 SCHEMA = {
     # package | url | a path to a GloVe text file (one word and `dim` numbers per line)
     "source": P.string(),
@@ -135,7 +133,7 @@ def load_glove(cfg: dict, work: Path) -> tuple[list[str], np.ndarray]:
 
 def main(argv: list[str]) -> None:
     cfg = P.stage_params("fetch_glove", SCHEMA)
-    with atomic_path(OUT, directory=True) as tmp, tempfile.TemporaryDirectory(dir=OUT.parent) as work:
+    with atomic_path(paths.GLOVE, directory=True) as tmp, tempfile.TemporaryDirectory(dir=paths.GLOVE.parent) as work:
         words, vectors = load_glove(cfg, Path(work))
         write_json(tmp / "words.json", words)
         np.save(tmp / "vectors.npy", vectors)

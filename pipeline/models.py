@@ -16,6 +16,7 @@ import numpy as np
 
 from . import params as P
 from .common import PipelineError
+from .messages import subject
 
 
 @dataclass(frozen=True)
@@ -29,14 +30,16 @@ class ModelSpec:
     # fits on the encode stage's sentence embeddings (data/encoded): `build` gives the classifier
     # alone, and the saved pipeline is that stage's fitted encoder followed by it
     encoded: bool = False
+    key: tuple[str, ...] = ()  # the params that tell one run from another: the report's column
 
 
 REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, kind: str, schema: dict, glove: bool = False, min_len=None, unused=None, encoded: bool = False):
+def register(name: str, kind: str, schema: dict, glove: bool = False, min_len=None, unused=None, encoded: bool = False,
+             key: tuple[str, ...] = ()):
     def wrap(build):
-        REGISTRY[name] = ModelSpec(kind, build, schema, glove, min_len, unused, encoded)
+        REGISTRY[name] = ModelSpec(kind, build, schema, glove, min_len, unused, encoded, key)
         return build
 
     return wrap
@@ -69,18 +72,13 @@ TFIDF = {
 }
 
 
-_SUBJECT = re.compile(r"^Subject:(.*)$", re.MULTILINE)
-
-
 def weight_subject(text: str, weight: int) -> str:
     """The lowercased text with its Subject line's words added `weight - 1` more times: the
-    subject is the densest summary of a message (tfidf_logreg val 0.9470 -> 0.9549 at 3). Only
-    the header block (up to the first blank line) is searched, not quoted or forwarded text."""
+    subject is the densest summary of a message."""
     if weight > 1:
-        end = text.find("\n\n")
-        match = _SUBJECT.search(text, 0, end if end >= 0 else len(text))
-        if match:
-            text += ("\n" + match.group(1)) * (weight - 1)
+        title = subject(text)
+        if title is not None:
+            text += ("\n" + title) * (weight - 1)
     return text.lower()
 
 
@@ -138,6 +136,7 @@ def _tfidf(cfg):
         "seed": P.integer(0),
     },
     unused=lambda cfg: {"C"} if cfg.get("solver") == "sgd" else {"alpha"},
+    key=("subject_weight", "ngram_max", "hash_bits", "solver", "C", "alpha"),
 )
 def tfidf_logreg(cfg):
     from sklearn.linear_model import LogisticRegression, SGDClassifier
@@ -158,7 +157,8 @@ def tfidf_logreg(cfg):
 
 
 @register("naive_bayes", "sklearn",
-          {**TFIDF, "variant": P.choice("complement", "multinomial"), "alpha": P.number(0, lo_open=True)})
+          {**TFIDF, "variant": P.choice("complement", "multinomial"), "alpha": P.number(0, lo_open=True)},
+          key=("subject_weight", "ngram_max", "hash_bits", "alpha", "variant"))
 def naive_bayes(cfg):
     from sklearn.naive_bayes import ComplementNB, MultinomialNB
     from sklearn.pipeline import make_pipeline
@@ -175,6 +175,7 @@ def naive_bayes(cfg):
         "max_iter": P.integer(1),
     },
     encoded=True,
+    key=("C",),
 )
 def minilm_logreg(cfg):
     """Multinomial logistic regression on a frozen pretrained sentence encoder's embeddings of
@@ -184,6 +185,28 @@ def minilm_logreg(cfg):
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=cfg["C"], max_iter=cfg["max_iter"])
+
+
+@register(
+    "minilm_svm",
+    "sklearn",
+    {
+        "C": P.number(0, lo_open=True),  # inverse penalty of the support-vector machine
+        "gamma": P.number(0, lo_open=True),  # RBF kernel width, on unit-length embeddings
+    },
+    encoded=True,
+    key=("C", "gamma"),
+)
+def minilm_svm(cfg):
+    """A support-vector machine with an RBF kernel on the same embeddings as minilm_logreg. They
+    are unit vectors, so exp(-gamma |x - y|^2) = exp(-2 gamma (1 - cos(x, y))): each training
+    document votes by its cosine similarity, which a linear model on the embeddings cannot
+    express. Probabilities by Platt scaling of its decision values, fitted on a 5-fold
+    cross-validation of the training split (scikit-learn's replacement for libsvm's own)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    return CalibratedClassifierCV(SVC(C=cfg["C"], gamma=cfg["gamma"]), method="sigmoid", cv=5, ensemble=False)
 
 
 # ---------------------------------------------------------------- Keras
@@ -309,15 +332,17 @@ def _cbow(cfg, vocab_size, n_classes, glove):
 
 
 CBOW = {**TRAINING, "dropout": P.number(0, 0.9), "hidden": P.integer(0)}
+FIT_KEY = ("batch_size", "learning_rate", "dropout")
 
 
-@register("cbow", "keras", {**CBOW, "embedding_dim": P.integer(1), "bigram_buckets": P.integer(0)})
+@register("cbow", "keras", {**CBOW, "embedding_dim": P.integer(1), "bigram_buckets": P.integer(0)},
+          key=("embedding_dim", *FIT_KEY))
 def cbow(cfg, vocab_size, n_classes, glove=None):
     """fastText-style: learned embeddings, masked average, softmax."""
     return _cbow(cfg, vocab_size, n_classes, None)
 
 
-@register("cbow_glove", "keras", {**CBOW, "trainable": P.boolean()}, glove=True)
+@register("cbow_glove", "keras", {**CBOW, "trainable": P.boolean()}, glove=True, key=("trainable", *FIT_KEY))
 def cbow_glove(cfg, vocab_size, n_classes, glove):
     """The same average over GloVe vectors, frozen or fine-tuned."""
     return _cbow(cfg, vocab_size, n_classes, glove)
@@ -380,14 +405,17 @@ CNN = {
     "dropout": P.number(0, 0.9),
     "spatial_dropout": P.number(0, 0.9),
 }
+CNN_KEY = ("max_len", "architecture", "filters", *FIT_KEY)
 
 
-@register("cnn_glove", "keras", {**CNN, "trainable": P.boolean()}, glove=True, min_len=cnn_min_len, unused=cnn_unused)
+@register("cnn_glove", "keras", {**CNN, "trainable": P.boolean()}, glove=True, min_len=cnn_min_len, unused=cnn_unused,
+          key=("trainable", *CNN_KEY))
 def cnn_glove(cfg, vocab_size, n_classes, glove):
     return _cnn(cfg, vocab_size, n_classes, glove)
 
 
-@register("cnn", "keras", {**CNN, "embedding_dim": P.integer(1)}, min_len=cnn_min_len, unused=cnn_unused)
+@register("cnn", "keras", {**CNN, "embedding_dim": P.integer(1)}, min_len=cnn_min_len, unused=cnn_unused,
+          key=("embedding_dim", *CNN_KEY))
 def cnn(cfg, vocab_size, n_classes, glove=None):
     return _cnn(cfg, vocab_size, n_classes, None)
 
@@ -407,6 +435,7 @@ def cnn(cfg, vocab_size, n_classes, glove=None):
     },
     glove=True,
     unused=lambda cfg: {"trainable"} if cfg.get("embedding") == "learned" else {"embedding_dim"},
+    key=("pooling", "embedding", "embedding_dim", "trainable", "max_len", "units", *FIT_KEY),
 )
 def lstm(cfg, vocab_size, n_classes, glove):
     import keras

@@ -16,11 +16,6 @@ from . import paths
 from .common import PipelineError, atomic_path, run_main, write_json
 from .corpus import iter_documents
 
-ARCHIVE = paths.ARCHIVE
-OUT = paths.PREPARED
-METRICS = paths.DATA_METRICS
-SPLITS = paths.SPLITS
-
 SCHEMA = {
     "val_fraction": P.number(0, 0.5, lo_open=True),
     "seed": P.integer(0),
@@ -94,13 +89,13 @@ def data_metrics(splits: dict[str, pd.DataFrame], remove: list[str]) -> dict:
 
 def main(argv: list[str]) -> None:
     cfg = P.stage_params("prepare", SCHEMA)
-    frame = read_corpus(ARCHIVE, cfg["remove"])
+    frame = read_corpus(paths.ARCHIVE, cfg["remove"])
     splits = split_corpus(frame, cfg["val_fraction"], cfg["seed"])
-    with atomic_path(OUT, directory=True) as tmp:
+    with atomic_path(paths.PREPARED, directory=True) as tmp:
         for name, part in splits.items():
             part.to_parquet(tmp / f"{name}.parquet", index=False)
     metrics = data_metrics(splits, cfg["remove"])
-    write_json(METRICS, metrics)
+    write_json(paths.DATA_METRICS, metrics)
     sizes = ", ".join(f"{n} {v['total']} ({v['empty']} empty)" for n, v in metrics["documents"].items())
     print(f"prepare: {metrics['groups']} groups; {sizes}")
 

@@ -9,12 +9,7 @@ from . import params as P
 from . import paths
 from .classifier import ENSEMBLE
 from .common import PipelineError, read_json, run_main, write_json, write_text
-from .models import unused_params
-
-TRAIN = paths.TRAIN_METRICS
-EVAL = paths.EVAL_METRICS
-SUMMARY_JSON = paths.SUMMARY_JSON
-SUMMARY_MD = paths.SUMMARY_MD
+from .models import REGISTRY, unused_params
 
 SCHEMA = {
     "registered_model": P.string(),
@@ -23,24 +18,24 @@ SCHEMA = {
     "slow_models": P.list_of(P.string()),
 }
 
-# The params worth a column: what distinguishes one run of a model from another.
-KEY_PARAMS = (
-    "members", "pooling", "subject_weight", "ngram_max", "hash_bits", "solver", "C", "alpha", "variant", "embedding",
-    "embedding_dim",
-    "trainable", "max_len", "units", "architecture", "filters", "batch_size", "learning_rate", "dropout", "quantize",
-)
+ENSEMBLE_KEY = ("members", "pooling")
 
 
 def key_params(name: str, cfg: dict) -> dict:
-    """The key params model `name` actually reads (the registry says which are another option's)."""
+    """The params that tell one run of model `name` from another (its registry entry's `key`),
+    leaving out those the config does not read (another option's)."""
+    if name == ENSEMBLE:
+        keys: tuple[str, ...] = ENSEMBLE_KEY
+    else:
+        keys = REGISTRY[name].key if name in REGISTRY else ()
     unused = unused_params(name, cfg)
-    return {k: cfg[k] for k in KEY_PARAMS if cfg.get(k) is not None and k not in unused}
+    return {k: cfg[k] for k in keys if cfg.get(k) is not None and k not in unused}
 
 
 def gather(models: list[str], all_params: dict) -> list[dict]:
     rows = []
     for name in models:
-        train, test = read_json(TRAIN / f"{name}.json"), read_json(EVAL / f"{name}.json")
+        train, test = read_json(paths.TRAIN_METRICS / f"{name}.json"), read_json(paths.EVAL_METRICS / f"{name}.json")
         cfg = all_params.get("train", {}).get(name) or all_params.get(name) or {}
         rows.append(
             {
@@ -151,7 +146,7 @@ def main(argv: list[str]) -> None:
         fast = {"model": quick["model"], "alias": cfg["fast_alias"],
                 "version": register_champion(quick["mlflow_run_id"], cfg["registered_model"], cfg["fast_alias"])}
     write_json(
-        SUMMARY_JSON,
+        paths.SUMMARY_JSON,
         {
             "champion": {"model": best["model"], "chosen_by": "val_accuracy",
                          "registered_model": cfg["registered_model"],
@@ -160,7 +155,7 @@ def main(argv: list[str]) -> None:
             "models": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows},
         },
     )
-    write_text(SUMMARY_MD, markdown(rows, best))
+    write_text(paths.SUMMARY_MD, markdown(rows, best))
     print(f"report: champion {best['model']} (val {best['val_accuracy']:.4f}) "
           f"-> models:/{cfg['registered_model']}@{cfg['alias']} v{version}")
     if quick is not None:

@@ -14,8 +14,6 @@ import numpy as np
 from . import paths
 from .common import import_tensorflow, read_json
 
-TOKENIZED = paths.TOKENIZED
-
 
 def make_vectorizer(vocabulary: list[str] | None, max_len: int, standardize: str, max_tokens: int | None = None):
     """The one way this project turns text into ids: used to adapt, to encode, and inside the
@@ -34,7 +32,7 @@ def make_vectorizer(vocabulary: list[str] | None, max_len: int, standardize: str
     return layer
 
 
-def load_vectorizer(directory: Path = TOKENIZED, max_len: int | None = None):
+def load_vectorizer(directory: Path = paths.TOKENIZED, max_len: int | None = None):
     """Rebuild the adapted vectorizer from a tokenize output (optionally with another length)."""
     config = read_json(directory / "config.json")
     vocab = read_json(directory / "vocab.json")

@@ -10,8 +10,6 @@ from . import paths
 from .common import atomic_path, run_main, write_json
 from .sequences import encode, make_vectorizer
 
-OUT = paths.TOKENIZED
-SPLITS = paths.SPLITS
 STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation")
 
 SCHEMA = {
@@ -29,10 +27,10 @@ def adapt(texts: list[str], cfg: dict):
 
 def main(argv: list[str]) -> None:
     cfg = P.stage_params("tokenize", SCHEMA)
-    frames = {s: pd.read_parquet(paths.split_file(s)) for s in SPLITS}
+    frames = {s: pd.read_parquet(paths.split_file(s)) for s in paths.SPLITS}
     vectorizer = adapt(frames["train"]["text"].tolist(), cfg)
     vocab = vectorizer.get_vocabulary()
-    with atomic_path(OUT, directory=True) as tmp:
+    with atomic_path(paths.TOKENIZED, directory=True) as tmp:
         write_json(tmp / "vocab.json", vocab)
         write_json(tmp / "config.json", {**cfg, "vocab_size": len(vocab)})
         train = frames["train"]

@@ -30,13 +30,6 @@ from .keras_fit import seed_everything, sequence_length, train_keras_model
 from .models import get_spec
 from .sequences import id_batches
 
-PREPARED = paths.PREPARED
-TOKENIZED = paths.TOKENIZED
-EMBEDDINGS = paths.EMBEDDINGS
-MODELS = paths.MODELS
-METRICS = paths.TRAIN_METRICS
-HISTORY = paths.HISTORY
-
 
 def load_config(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     """Validated params for one model, plus what it depends on (logged with the run)."""
@@ -103,14 +96,14 @@ def fit_keras(name: str, cfg: dict, out: Path) -> dict:
 
     seed_everything(cfg["seed"])
     spec = get_spec(name)
-    tok = read_json(TOKENIZED / "config.json")
-    vocab = read_json(TOKENIZED / "vocab.json")
+    tok = read_json(paths.TOKENIZED / "config.json")
+    vocab = read_json(paths.TOKENIZED / "vocab.json")
     max_len = sequence_length(name, cfg, tok["max_len"])
-    splits = {s: np.load(TOKENIZED / f"{s}.npz") for s in ("train", "val")}
+    splits = {s: np.load(paths.TOKENIZED / f"{s}.npz") for s in ("train", "val")}
     x = {s: d["x"][:, :max_len] for s, d in splits.items()}
     y = {s: d["y"] for s, d in splits.items()}
-    glove = np.load(EMBEDDINGS / "matrix.npy") if spec.glove else None
-    classes = read_json(TOKENIZED / "classes.json")
+    glove = np.load(paths.EMBEDDINGS / "matrix.npy") if spec.glove else None
+    classes = read_json(paths.TOKENIZED / "classes.json")
     model = spec.build(cfg, len(vocab), len(classes), glove)
     start = time.perf_counter()
     fit = train_keras_model(name, cfg, model, x, y, [mlflow.keras.MlflowCallback()])
@@ -157,18 +150,19 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     cfg = load_config(name, params_file)
     spec = get_spec(name)
     if spec.kind == "keras":  # a config mistake is an error before any MLflow run starts
-        sequence_length(name, cfg["model"], read_json(TOKENIZED / "config.json")["max_len"])
+        sequence_length(name, cfg["model"], read_json(paths.TOKENIZED / "config.json")["max_len"])
     checked_tracking_uri()  # an unreachable server fails before the old outputs go
-    out = MODELS / name
-    remove_quietly(out, METRICS / f"{name}.json", HISTORY / f"{name}.csv")
-    deps = [PREPARED] if spec.kind == "sklearn" else [TOKENIZED] + ([EMBEDDINGS] if spec.glove else [])
+    out = paths.MODELS / name
+    remove_quietly(out, paths.TRAIN_METRICS / f"{name}.json", paths.HISTORY / f"{name}.csv")
+    if spec.kind == "sklearn":
+        deps = [paths.PREPARED]
+    else:
+        deps = [paths.TOKENIZED] + ([paths.EMBEDDINGS] if spec.glove else [])
     logged = flat_params(cfg)
     if spec.encoded:  # the encoder's settings, as the encode stage used them
-        from .encoder import ENCODED
-
-        meta = read_json(ENCODED / "meta.json")
-        logged |= {f"encode.{k}": meta[k] for k in ("max_len", "quantize", "batch_size")}
-        deps.append(ENCODED)
+        meta = read_json(paths.ENCODED / "meta.json")
+        logged |= {f"encode.{k}": meta[k] for k in ("max_len", "quantize", "batch_size", "text")}
+        deps.append(paths.ENCODED)
     with training_run(cfg["mlflow"]["experiment"], name, stage_name(name), logged, deps) as run_id:
         log_splits([paths.split_file("train"), paths.split_file("val")], "training")
         with atomic_path(out, directory=True) as tmp:
@@ -181,8 +175,8 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
             mlflow.set_tags({MODEL_TAG: path_md5(tmp), "cpu": report["cpu"], "cpu_isa": report["cpu_isa"]})
             val_text = pd.read_parquet(paths.split_file("val"))["text"].head(2).tolist()
             log_classifier(tmp, result["classes"], val_text)
-        write_json(METRICS / f"{name}.json", report)
-        write_text(HISTORY / f"{name}.csv", pd.DataFrame(result["history"]).to_csv(index=False))
+        write_json(paths.TRAIN_METRICS / f"{name}.json", report)
+        write_text(paths.HISTORY / f"{name}.csv", pd.DataFrame(result["history"]).to_csv(index=False))
     return report
 
 

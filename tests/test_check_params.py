@@ -9,6 +9,7 @@ import yaml
 from tiny import ROOT
 
 from pipeline import check_params as C
+from pipeline import paths
 from pipeline.common import PipelineError
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
@@ -64,14 +65,14 @@ def test_the_stage_writes_a_constant_file_and_keeps_it_on_failure(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS), encoding="utf-8")
     C.main([])
-    first = (tmp_path / C.OUT).read_bytes()
+    first = (tmp_path / paths.PARAMS_VALID).read_bytes()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed("prepare.seed", 7)), encoding="utf-8")
     C.main([])
-    assert (tmp_path / C.OUT).read_bytes() == first  # other valid params: nothing downstream reruns
+    assert (tmp_path / paths.PARAMS_VALID).read_bytes() == first  # other valid params: nothing downstream reruns
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed("prepare.seed", -7)), encoding="utf-8")
     with pytest.raises(PipelineError, match="prepare.seed = -7"):
         C.main([])
-    assert (tmp_path / C.OUT).read_bytes() == first
+    assert (tmp_path / paths.PARAMS_VALID).read_bytes() == first
 
 
 def upstream(name: str) -> set[str]:
@@ -91,7 +92,7 @@ def upstream(name: str) -> set[str]:
 def test_check_params_runs_before_every_other_stage():
     """It is upstream of every stage that has no other upstream stage, so DVC runs it first;
     it tracks every param, and DVC never deletes its output (persist)."""
-    out = str(C.OUT)
+    out = str(paths.PARAMS_VALID)
     stage = DVC["check_params"]
     assert stage["params"] == [{"params.yaml": None}]
     assert stage["outs"] == [{out: {"persist": True}}]

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from tiny import GROUPS, ROOT, QuietHandler, make_archive, make_glove, tiny_params, write_params
 
-from pipeline import embeddings, fetch_corpus, fetch_glove, prepare, sequences, tokenize
+from pipeline import embeddings, fetch_corpus, fetch_glove, paths, prepare, sequences, tokenize
 from pipeline import params as P
 from pipeline.common import MIRROR_ENV, PipelineError, run_main
 from pipeline.corpus import iter_documents
@@ -262,7 +262,7 @@ def set_param(project: dict, section: str, **values) -> None:
 
 
 def load_splits() -> dict[str, pd.DataFrame]:
-    return {s: pd.read_parquet(f"data/prepared/{s}.parquet") for s in prepare.SPLITS}
+    return {s: pd.read_parquet(f"data/prepared/{s}.parquet") for s in paths.SPLITS}
 
 
 def test_clean_text_latin1_and_line_ends():
@@ -325,7 +325,7 @@ def test_prepare_only_headers_removed_leaves_quote_and_signature(raw_project):
     assert frames["text"].str.contains("> someone wrote:").all()
     assert frames["text"].str.contains("signature line café").all()
     metrics = json.loads(Path("metrics/data.json").read_text())
-    assert all(metrics["documents"][s]["empty"] == 0 for s in prepare.SPLITS)
+    assert all(metrics["documents"][s]["empty"] == 0 for s in paths.SPLITS)
 
 
 def test_prepare_metrics(raw_project):
@@ -334,11 +334,11 @@ def test_prepare_metrics(raw_project):
     assert metrics["remove"] == [] and metrics["groups"] == 3
     assert metrics["published"] == {"train": 36, "test": 18}
     docs = metrics["documents"]
-    assert {s: docs[s]["total"] for s in prepare.SPLITS} == {"train": 27, "val": 9, "test": 18}
+    assert {s: docs[s]["total"] for s in paths.SPLITS} == {"train": 27, "val": 9, "test": 18}
     assert docs["val"]["per_class"] == {g: 3 for g in GROUPS}
     assert docs["train"]["per_class"] == {g: 9 for g in GROUPS}
     assert docs["test"]["per_class"] == {g: 6 for g in GROUPS}
-    assert all(docs[s]["empty"] == 0 for s in prepare.SPLITS)
+    assert all(docs[s]["empty"] == 0 for s in paths.SPLITS)
 
 
 def test_split_is_stratified_seeded_and_leaves_test_alone(raw_project):
@@ -346,7 +346,7 @@ def test_split_is_stratified_seeded_and_leaves_test_alone(raw_project):
     first = prepare.split_corpus(frame, 0.25, seed=7)
     again = prepare.split_corpus(frame, 0.25, seed=7)
     other = prepare.split_corpus(frame, 0.25, seed=8)
-    for split in prepare.SPLITS:
+    for split in paths.SPLITS:
         pd.testing.assert_frame_equal(first[split], again[split])
     assert set(first["val"]["id"]) != set(other["val"]["id"])
     train_ids = set(frame.loc[frame["split"] == "train", "id"])
@@ -402,7 +402,7 @@ def tokenized(tmp_path, monkeypatch):
     tokenize.main([])
     out = tmp_path / "data/tokenized"
     vocab = json.loads((out / "vocab.json").read_text())
-    data = {s: np.load(out / f"{s}.npz") for s in tokenize.SPLITS}
+    data = {s: np.load(out / f"{s}.npz") for s in paths.SPLITS}
     return {"dir": out, "vocab": vocab, "ids": {w: i for i, w in enumerate(vocab)}, "data": data}
 
 

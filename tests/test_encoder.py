@@ -1,7 +1,7 @@
-"""The sentence encoder (pipeline/encoder.py) and the minilm_logreg model, on a tiny random BERT the
-tests generate: the ONNX graph computes BERT's forward pass, a directory or zip gives the same
-files, a fitted model pickles whole, and bad files fail in one line naming them (the sources:
-tests/test_fetch_encoder.py)."""
+"""The sentence encoder (pipeline/encoder.py) and the models on its embeddings (minilm_svm,
+minilm_logreg), on a tiny random BERT the tests generate: the ONNX graph computes BERT's forward
+pass, a directory or zip gives the same files, a fitted model pickles whole, and bad files fail in
+one line naming them (the sources: tests/test_fetch_encoder.py)."""
 from __future__ import annotations
 
 import json
@@ -98,17 +98,30 @@ def test_quantized_encoder_stays_close(model_dir, fitted):
     assert (np.sum(exact * approx, axis=1) > 0.9).all()  # both are unit vectors: cosine
 
 
-def test_minilm_logreg_is_a_raw_text_model_that_pickles_whole(model_dir, tmp_path):
-    """As train@minilm_logreg builds it: the classifier fitted on cached embeddings, the encoder in
+def test_the_content_view_encodes_the_subject_and_the_body_only(model_dir):
+    from pipeline.messages import content
+
+    full = E.SentenceEncoder(str(model_dir), max_len=16).fit()
+    view = E.SentenceEncoder(str(model_dir), max_len=16, text="content").fit()
+    np.testing.assert_allclose(view.embed(TEXTS), full.embed([content(t) for t in TEXTS]), atol=1e-6)
+    assert not np.allclose(view.embed(TEXTS[:1]), full.embed(TEXTS[:1]), atol=1e-3)  # the headers are gone
+    again = pickle.loads(pickle.dumps(view, protocol=5))
+    np.testing.assert_allclose(again.transform(TEXTS), view.embed(TEXTS), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["minilm_svm", "minilm_logreg"])
+def test_encoder_models_are_raw_text_models_that_pickle_whole(name, model_dir, tmp_path):
+    """As train@<name> builds it: the classifier fitted on cached embeddings, the encoder in
     front; the saved pipeline computes from raw text what the cached path computed."""
     from sklearn.pipeline import make_pipeline
 
     copy = shutil.copytree(model_dir, tmp_path / "copy")
     encoder = E.SentenceEncoder(str(copy), max_len=16, batch_size=2).fit()
     cached = encoder.embed(TEXTS)
-    cfg = P.validate("train.minilm_logreg", tiny_params("unused.txt", {"groups": 3, "train": 36, "test": 18})["train"]["minilm_logreg"],
-                     REGISTRY["minilm_logreg"].schema)
-    head = get_spec("minilm_logreg").build(cfg).fit(cached, np.array([0, 1, 1, 2, 2]))
+    cfg = P.validate(f"train.{name}", tiny_params("unused.txt", {"groups": 3, "train": 36, "test": 18})["train"][name],
+                     REGISTRY[name].schema)
+    # each text 5 times: the SVM's probabilities are calibrated by a 5-fold cross-validation
+    head = get_spec(name).build(cfg).fit(np.repeat(cached, 5, axis=0), np.repeat([0, 1, 1, 2, 2], 5))
     model = make_pipeline(encoder, head)
     probs = head.predict_proba(cached)
     assert probs.shape == (5, 3) and np.isfinite(probs).all()

@@ -174,7 +174,7 @@ def test_ensemble_stage_saves_only_the_members_it_weights(saved_ensemble, tmp_pa
 
     import pandas as pd
 
-    from pipeline import ensemble
+    from pipeline import ensemble, paths
 
     models = members_in_data_models(saved_ensemble, tmp_path, monkeypatch)
     shutil.copytree(models / "b", models / "c")
@@ -186,8 +186,8 @@ def test_ensemble_stage_saves_only_the_members_it_weights(saved_ensemble, tmp_pa
         answer = np.where(rng.random(len(y)) < right, y, 1 - y)
         return np.where(np.eye(2)[answer] == 1, sure, 1 - sure).astype(np.float32)
 
-    pd.DataFrame({"text": ["some text"] * len(y), "label": y}).to_parquet("data/val.parquet")
-    monkeypatch.setattr(ensemble, "VAL", Path("data/val.parquet"))
+    paths.PREPARED.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"text": ["some text"] * len(y), "label": y}).to_parquet(paths.split_file("val"))
     for m, probs in (("a", member(0.8, 0.7)), ("b", member(0.7, 0.6)), ("c", member(0.0, 0.9))):
         np.save(models / m / VAL_PROBS, probs)
     out = tmp_path / "out"

@@ -123,7 +123,8 @@ def test_markdown_marks_the_champion():
         ("tfidf_logreg", {"ngram_max": None, "solver": "saga", "C": 30.0, "alpha": 1e-5, "seed": 1}, {"solver": "saga", "C": 30.0}),
         ("lstm", {"embedding": "glove", "embedding_dim": 100, "trainable": True}, {"embedding": "glove", "trainable": True}),
         ("lstm", {"embedding": "learned", "embedding_dim": 100, "trainable": True}, {"embedding": "learned", "embedding_dim": 100}),
-        ("not_registered", {"C": 1.0, "alpha": 0.1}, {"C": 1.0, "alpha": 0.1}),
+        ("ensemble", {"members": ["a", "b"], "pooling": "log", "seed": 1}, {"members": ["a", "b"], "pooling": "log"}),
+        ("not_registered", {"C": 1.0, "alpha": 0.1}, {}),
     ],
 )
 def test_key_params_leave_out_what_the_config_does_not_read(name, cfg, shown):
@@ -132,20 +133,20 @@ def test_key_params_leave_out_what_the_config_does_not_read(name, cfg, shown):
 
 def test_gather_reads_train_and_eval_metrics(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name, val, test in (("m1", 0.7, 0.6), ("m2", 0.8, 0.5)):
+    for name, val, test in (("minilm_logreg", 0.7, 0.6), ("cbow", 0.8, 0.5)):
         Path("metrics/train").mkdir(parents=True, exist_ok=True)
         Path("metrics/eval").mkdir(parents=True, exist_ok=True)
         Path(f"metrics/train/{name}.json").write_text(json.dumps(
             {"model": name, "val_accuracy": val, "train_seconds": 1.5, "epochs_run": 2, "mlflow_run_id": f"id-{name}"}))
         Path(f"metrics/eval/{name}.json").write_text(json.dumps(
             {"model": name, "accuracy": test, "macro_f1": test / 2, "docs_per_second": 99.0}))
-    params = {"train": {"m1": {"C": 3.0, "max_len": None, "epochs": 5}, "m2": {"dropout": 0.1}}}
-    rows = report.gather(["m1", "m2"], params)
-    assert [r["model"] for r in rows] == ["m1", "m2"]
+    params = {"train": {"minilm_logreg": {"C": 3.0, "max_iter": 100}, "cbow": {"dropout": 0.1, "embedding_dim": None, "epochs": 5}}}
+    rows = report.gather(["minilm_logreg", "cbow"], params)
+    assert [r["model"] for r in rows] == ["minilm_logreg", "cbow"]
     assert rows[0]["params"] == {"C": 3.0}  # key params only, None left out
     assert rows[1]["params"] == {"dropout": 0.1}
-    assert rows[0]["test_accuracy"] == 0.6 and rows[0]["test_macro_f1"] == 0.3 and rows[0]["mlflow_run_id"] == "id-m1"
-    assert report.champion(rows)["model"] == "m2"
+    assert rows[0]["test_accuracy"] == 0.6 and rows[0]["test_macro_f1"] == 0.3 and rows[0]["mlflow_run_id"] == "id-minilm_logreg"
+    assert report.champion(rows)["model"] == "cbow"
     with pytest.raises(PipelineError, match="metrics/train/m3.json: missing"):
         report.gather(["m3"], params)
 
