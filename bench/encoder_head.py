@@ -75,9 +75,9 @@ def main(argv: list[str]) -> None:
         probs = head.predict_proba(x["val"]).astype(np.float32).astype(np.float64)  # as saved (val_probs.npy)
         crossfit = crossfit_accuracy(val + [probs], y["val"], pooling, seed)
         weight = fit_weights(val + [probs], y["val"], pooling)[-1]
-        results.append((crossfit, float((probs.argmax(1) == y["val"]).mean()), setting, head))
-        cells = [f"{setting[k]:g}" for k in keys] + [f"{(probs.argmax(1) == y['val']).mean():.4f}", f"{seconds:.1f}",
-                                                     f"{crossfit:.4f}", f"{weight:.3f}"]
+        alone = float((probs.argmax(1) == y["val"]).mean())
+        results.append((crossfit, alone, setting, head))
+        cells = [f"{setting[k]:g}" for k in keys] + [f"{alone:.4f}", f"{seconds:.1f}", f"{crossfit:.4f}", f"{weight:.3f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
     best, _, setting, head = max(results, key=lambda r: r[:2])
     chosen = ", ".join(f"{k} {v:g}" for k, v in setting.items()) or "params.yaml's settings"
