@@ -2,8 +2,9 @@
 
 Outputs in data/encoded: <split>.npy (float32 [documents, hidden], rows in data/prepared's order),
 encoder.pkl (the fitted SentenceEncoder that computed them, which train@minilm_logreg puts in front
-of its classifier so the saved model takes raw text) and meta.json (the settings, the seconds each
-split took). A change to minilm_logreg's classifier or to the ensemble reruns without encoding again.
+of its classifier so the saved model takes raw text) and meta.json (`settings`, which the train
+stage logs with the model, and the seconds each split took). A change to minilm_logreg's classifier
+or to the ensemble reruns without encoding again.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> None:
             pickle.dump(encoder, handle, protocol=5)
         docs = {s: len(t) for s, t in texts.items()}
         write_json(tmp / "meta.json", {
-            **cfg, "dim": encoder.dim_, "documents": docs,
+            "settings": cfg, "dim": encoder.dim_, "documents": docs,
             "seconds": {s: round(v, 1) for s, v in seconds.items()},
             "docs_per_second": round(sum(docs.values()) / max(sum(seconds.values()), 1e-9), 1),
         })

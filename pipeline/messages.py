@@ -17,6 +17,12 @@ def subject(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+def is_header_block(block: str) -> bool:
+    """Header lines ("Name: value"), perhaps continued on lines starting with a space or tab."""
+    headers = [(bool(_HEADER.match(line)), line) for line in block.splitlines()]
+    return any(h for h, _ in headers) and all(h or line[:1] in (" ", "\t") for h, line in headers)
+
+
 def content(text: str) -> str:
     """What the message says in its own words: the subject (without "Re:") and the body, without
     the other header lines and without quoted text and its attribution lines ("In article <...>
@@ -26,8 +32,7 @@ def content(text: str) -> str:
     from sklearn.datasets._twenty_newsgroups import strip_newsgroup_quoting
 
     head, _, body = text.partition("\n\n")
-    headers = [bool(_HEADER.match(line)) for line in head.splitlines()]
-    if not any(headers) or not all(h or line[:1] in (" ", "\t") for h, line in zip(headers, head.splitlines())):
+    if not is_header_block(head):
         head, body = "", text
     title = _REPLY.sub("", (subject(head) or "").strip())
     return f"{title}\n{strip_newsgroup_quoting(body).strip()}".strip()

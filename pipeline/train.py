@@ -161,7 +161,7 @@ def train(name: str, params_file: str = P.PARAMS_FILE) -> dict:
     logged = flat_params(cfg)
     if spec.encoded:  # the encoder's settings, as the encode stage used them
         meta = read_json(paths.ENCODED / "meta.json")
-        logged |= {f"encode.{k}": meta[k] for k in ("max_len", "quantize", "batch_size", "text")}
+        logged |= {f"encode.{k}": v for k, v in meta["settings"].items()}
         deps.append(paths.ENCODED)
     with training_run(cfg["mlflow"]["experiment"], name, stage_name(name), logged, deps) as run_id:
         log_splits([paths.split_file("train"), paths.split_file("val")], "training")

@@ -175,7 +175,9 @@ def test_encoder_model_fits_on_the_cached_embeddings_and_takes_raw_text(in_proje
     report = trained[ENCODER]["report"]
     run = client().get_run(report["mlflow_run_id"])
     check_common(run, ENCODER, report, in_project)
-    assert run.data.params["encode.max_len"] == "32" and run.data.params["encode.quantize"] == "True"
+    settings = json.loads(Path("data/encoded/meta.json").read_text())["settings"]  # every encode param
+    assert set(settings) == set(encode.SCHEMA) and settings["max_len"] == 32 and settings["quantize"] is True
+    assert {k: run.data.params[f"encode.{k}"] for k in settings} == {k: str(v) for k, v in settings.items()}
     assert run.data.tags["dep_md5.data/encoded"] == tracking.path_md5("data/encoded")
     val = pd.read_parquet("data/prepared/val.parquet")
     saved = np.load(f"data/models/{ENCODER}/val_probs.npy")
