@@ -137,8 +137,9 @@ def encoded_proba(classifier: Classifier, n_docs: int) -> tuple[np.ndarray, floa
     return probs, float(read_json(encoded / "meta.json")["seconds"]["test"]) + time.perf_counter() - start
 
 
-def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Metrics, classes, true and predicted labels, and probabilities on the test split."""
+def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, np.ndarray, np.ndarray, float]:
+    """Metrics, classes, true and predicted labels, probabilities on the test split, and the
+    inference seconds as measured (the metrics round them)."""
     test = pd.read_parquet(paths.split_file("test"))
     texts = test["text"].tolist()
     if name == ENSEMBLE:
@@ -153,7 +154,7 @@ def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, n
     result["test_docs"] = len(texts)
     result["inference_seconds"] = round(seconds, 2)
     result["docs_per_second"] = round(len(texts) / max(seconds, 1e-9), 1)
-    return result, classes, y_true, y_pred, probs
+    return result, classes, y_true, y_pred, probs, seconds
 
 
 def main(argv: list[str]) -> None:
@@ -168,7 +169,7 @@ def main(argv: list[str]) -> None:
     mlflow.set_tracking_uri(checked_tracking_uri())  # an unreachable server fails now, not after the whole evaluation
     run_id = find_model_run(model_dir(name), stage_name(name))
     remove_quietly(paths.EVAL_METRICS / f"{name}.json", paths.EVAL / name, paths.TEST_PROBS / f"{name}.npz")
-    result, classes, y_true, y_pred, probs = evaluate(name, cfg["batch_size"])
+    result, classes, y_true, y_pred, probs, seconds = evaluate(name, cfg["batch_size"])
     with atomic_path(paths.EVAL / name, directory=True) as tmp:
         pd.DataFrame({"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]}).to_csv(
             tmp / "predictions.csv", index=False
@@ -197,7 +198,8 @@ def main(argv: list[str]) -> None:
     if name != ENSEMBLE:  # for evaluate_ensemble
         with atomic_path(paths.TEST_PROBS / f"{name}.npz") as tmp:
             with open(tmp, "wb") as handle:
-                np.savez(handle, probs=probs, inference_seconds=result["inference_seconds"])
+                # unrounded: evaluate_ensemble sums its members' seconds
+                np.savez(handle, probs=probs, inference_seconds=seconds)
     write_json(paths.EVAL_METRICS / f"{name}.json", {**result, "mlflow_run_id": run_id})
     print(f"evaluate@{name}: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
           f"{result['docs_per_second']} docs/s")

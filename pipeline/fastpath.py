@@ -110,12 +110,12 @@ def proba_of(step) -> Callable:
 
 def compile_pipeline(pipeline) -> Callable[[list[str]], np.ndarray]:
     """texts -> probabilities [texts, classes], as `pipeline.predict_proba` computes them."""
+    from sklearn import config_context
+
     steps = flatten(pipeline)
     calls = [transform_of(s) for s in steps[:-1]] + [proba_of(steps[-1])]
 
     def predict_proba(texts: list[str]) -> np.ndarray:
-        from sklearn import config_context
-
         # the steps left to scikit-learn (hashing, the sentence encoder): the inputs are texts,
         # no NaN to look for, and the fitted parameters were checked when they were fitted
         with config_context(assume_finite=True, skip_parameter_validation=True):

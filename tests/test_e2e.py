@@ -62,9 +62,7 @@ def test_saved_probabilities_are_what_the_saved_classifiers_compute(project, mon
         np.testing.assert_allclose(saved, classifier.predict_proba(val["text"].tolist()), atol=1e-5, err_msg=name)
         with np.load(f"data/test_probs/{name}.npz") as evaluated:
             np.testing.assert_allclose(evaluated["probs"], classifier.predict_proba(test["text"].tolist()), atol=1e-5)
-            # rounded to 0.01 s: a scikit-learn model on the tiny test split may take less
-            assert float(evaluated["inference_seconds"]) >= 0
-        assert json.loads(Path(f"metrics/eval/{name}.json").read_text())["docs_per_second"] > 0
+            assert float(evaluated["inference_seconds"]) > 0
     members, _, pooling, classes = read_ensemble(repo / "data/ensemble")
     assert members == MODELS and pooling == "log" and not (repo / "data/ensemble/cbow/val_probs.npy").exists()
     ensemble = Classifier("data/ensemble").predict_proba(test["text"].tolist())
