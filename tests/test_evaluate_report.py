@@ -278,7 +278,7 @@ def test_evaluate_stage_on_a_small_model(tmp_path, monkeypatch, sklearn_model, m
     assert result["accuracy"] == round((y_pred == test["label"].to_numpy()).mean(), 4) < 1.0
     with np.load(f"data/test_probs/{name}.npz") as saved:  # for evaluate_ensemble
         np.testing.assert_allclose(saved["probs"], Classifier(tmp_path / "data/models" / name).predict_proba(test["text"].tolist()))
-        assert float(saved["inference_seconds"]) == result["inference_seconds"]
+        assert round(float(saved["inference_seconds"]), 2) == result["inference_seconds"]  # saved as measured
     predictions = pd.read_csv(f"data/eval/{name}/predictions.csv")
     assert predictions["actual"].tolist() == test["group"].tolist()
     assert predictions["predicted"].tolist() == [GROUPS[i] for i in y_pred]
