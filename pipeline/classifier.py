@@ -179,6 +179,7 @@ class Classifier:
         self.directory = Path(directory)
         meta = read_json(self.directory / META)
         self.name, self.kind, self.classes = meta["model"], meta["kind"], list(meta["classes"])
+        self.columns = pd.Index(self.classes)  # built once: from a list, a third of a frame's cost
         if self.kind == "sklearn":
             with open(self.directory / SKLEARN_MODEL, "rb") as handle:
                 self.model = pickle.load(handle)
@@ -226,17 +227,18 @@ class Classifier:
     def predict_frame(self, texts: Sequence[str]) -> pd.DataFrame:
         """One row per text: the predicted `label`, then one probability column per group."""
         probs = self.predict_proba(texts)
-        frame = Predictions(probs.astype(np.float64), columns=self.classes)
+        frame = Predictions(probs.astype(np.float64), columns=self.columns)
         frame.insert(0, "label", [self.classes[i] for i in probs.argmax(axis=1)] if len(probs) else [])
         return frame
 
 
 class Predictions(pd.DataFrame):
     """A DataFrame whose `to_dict(orient="records")`, which MLflow's scoring server calls to
-    answer, is built from plain lists: pandas' own took 1 ms for one row, 4 ms for 64."""
+    answer, is built from one object array of Python values: pandas' own took 1 ms for one row,
+    4 ms for 64; going through the columns as Series, 0.6 ms for one."""
 
     def to_dict(self, orient="dict", *args, **kwargs):
         if orient != "records" or args or kwargs:
             return super().to_dict(orient, *args, **kwargs)
         names = [str(c) for c in self.columns]
-        return [dict(zip(names, row)) for row in zip(*(column.tolist() for _, column in self.items()))]
+        return [dict(zip(names, row)) for row in self.to_numpy(dtype=object).tolist()]

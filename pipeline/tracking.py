@@ -257,9 +257,10 @@ def reopen_run(run_id: str):
 def pip_requirements() -> list[str]:
     from importlib.metadata import version
 
-    # what loading and running any saved model needs, the sentence encoder's runtime included
+    # what loading and running any saved model needs, the sentence encoder's runtime included, and
+    # the scoring server's C HTTP parser and event loop
     names = ["mlflow", "tensorflow", "keras", "scikit-learn", "scipy", "pandas", "numpy", "pyyaml",
-             "onnxruntime", "tokenizers", "tqdm"]
+             "onnxruntime", "tokenizers", "tqdm", "httptools", "uvloop"]
     return [f"{n}=={version(n)}" for n in names]
 
 

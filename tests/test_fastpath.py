@@ -59,6 +59,8 @@ def test_prediction_records_are_pandas_records():
     frame = Predictions(np.random.default_rng(0).random((3, 4)), columns=["a.b", "c", "d", "e"])
     frame.insert(0, "label", ["c", "d", "a.b"])
     plain = pd.DataFrame(frame)
-    assert frame.to_dict(orient="records") == plain.to_dict(orient="records")
+    records = frame.to_dict(orient="records")
+    assert records == plain.to_dict(orient="records")
+    assert [list(map(type, r.values())) for r in records] == [[str] + [float] * 4] * 3  # what JSON takes
     assert frame.to_dict() == plain.to_dict() and frame.to_dict("list") == plain.to_dict("list")
     assert Predictions(columns=["label", "a"]).to_dict(orient="records") == []
