@@ -210,7 +210,7 @@ class Classifier:
         else:
             raise PipelineError(f"{self.directory / META}: unknown model kind {self.kind!r}")
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
