@@ -7,7 +7,8 @@
 For each model and path (`served`: HTTP POSTs to /invocations of a scoring server this script
 starts on a free loopback port and stops; `in-process`: pipeline.predictor's load_model + pipeline.predict's classify,
 what the CLI does) and each mode (`single`: one document per request; `batch64`: 64 per request;
-in-process also `batch512`, the throughput the served batches are held to), sequential requests
+in-process also `batch512`: the batch64 documents in batches of 512, the throughput the served
+batches are held to, over the same texts), sequential requests
 over test-set texts: requests/second, documents/second, p50/p95 latency. A model directory (with
 meta.json, e.g. data/ensemble) is served as this checkout's code logs it (saved to a temporary
 MLflow model), so code changes are measured without retraining. For an ensemble directory, each
@@ -273,7 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--singles", type=int, default=200, help=f"single-document requests per path (at most {MAX_SINGLES})")
     p.add_argument("--batches", type=int, default=20, help=f"batch requests per path (at most {MAX_BATCHES})")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--big-batches", type=int, default=4, help=f"in-process batches of {BIG_BATCH} (at most {MAX_BATCHES})")
     p.add_argument("--warmup", type=int, default=3, help="untimed requests before each scenario")
     p.add_argument("--max-seconds", type=float, default=300, help="time budget per scenario")
     p.add_argument("--url", default=None, help="an already running scoring server on the loopback (none is started; one model)")
@@ -283,9 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "metrics/serve_bench.json"))
     args = p.parse_args(argv)
-    if not (1 <= args.singles <= MAX_SINGLES and 1 <= args.batches <= MAX_BATCHES and 1 <= args.big_batches <= MAX_BATCHES
-            and 1 <= args.batch_size <= 1024):
-        p.error(f"--singles in [1, {MAX_SINGLES}], --batches and --big-batches in [1, {MAX_BATCHES}], --batch-size in [1, 1024]")
+    if not (1 <= args.singles <= MAX_SINGLES and 1 <= args.batches <= MAX_BATCHES and 1 <= args.batch_size <= 1024):
+        p.error(f"--singles in [1, {MAX_SINGLES}], --batches in [1, {MAX_BATCHES}], --batch-size in [1, 1024]")
     if args.url and urlparse(args.url).hostname not in (HOST, "localhost", "::1"):
         p.error("--url: loopback addresses only (127.0.0.1, localhost)")
     if args.url and args.model and len(args.model) > 1:
@@ -314,13 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         })
 
     try:
-        texts = load_texts(Path(args.data), max(args.singles, args.batches * args.batch_size, args.big_batches * BIG_BATCH), args.seed)
+        texts = load_texts(Path(args.data), max(args.singles, args.batches * args.batch_size), args.seed)
         singles = [[t] for t in texts[: args.singles]]
-
-        def batched(size: int, count: int) -> list[list[str]]:
-            return [(texts * 2)[i * size : (i + 1) * size] for i in range(count)]
-
-        batches, big = batched(args.batch_size, args.batches), batched(BIG_BATCH, args.big_batches)
+        documents = texts[: args.batches * args.batch_size]
+        batches = [documents[i : i + args.batch_size] for i in range(0, len(documents), args.batch_size)]
+        # the same documents in batches of 512 (the last one shorter unless --batches x --batch-size
+        # is a multiple of 512): throughputs compared over the same texts, whose lengths vary a lot
+        big = [documents[i : i + BIG_BATCH] for i in range(0, len(documents), BIG_BATCH)]
         for model in models:
             results[model] = bench_model(model, args, uri, singles, batches, big)
             write()
