@@ -1,14 +1,17 @@
 """A trained model as a raw-text classifier: one directory, one loader, for every model kind.
 
 A model directory holds meta.json (kind, classes, text settings) and the model itself
-(model.keras with vocab.json, or model.pkl). Evaluation, the MLflow pyfunc and the predict CLI
-all go through `Classifier`, so what is evaluated is exactly what is served.
+(model.keras with vocab.json and its ONNX export model.onnx, or model.pkl). Evaluation, the MLflow
+pyfunc and the predict CLI all go through `Classifier`, so what is evaluated is exactly what is
+served. A Keras model runs as its ONNX export on onnxruntime, its text turned into ids in plain
+Python (sequences.token_ids): no TensorFlow to import, whose import alone took longer than all
+else a champion CLI run does. A directory without model.onnx (saved before the export existed)
+runs on TensorFlow.
 """
 from __future__ import annotations
 
 import json
 import pickle
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +23,8 @@ from .common import PipelineError, import_tensorflow, read_json, write_json
 
 META = "meta.json"
 SKLEARN_MODEL = "model.pkl"  # a scikit-learn Pipeline taking raw text
+KERAS_MODEL = "model.keras"
+ONNX_MODEL = "model.onnx"  # the Keras model exported: token ids [docs, length] int32 -> probabilities
 VAL_PROBS = "val_probs.npy"  # the model's validation probabilities, saved by its train stage for the ensemble
 ENSEMBLE = "ensemble"  # the ensemble stage's model: its name, and its kind in meta.json
 POOLINGS = ("log", "linear")
@@ -86,11 +91,19 @@ def load_probs(path: Path, shape: tuple[int, int], stage: str) -> tuple[np.ndarr
     return probs.astype(np.float64), scalars
 
 
+def masks_padding(model) -> bool:
+    return any(getattr(layer, "mask_zero", False) for layer in model.layers)
+
+
 def save_keras(directory: Path, model, vocab: list[str], text: dict, classes: list[str], name: str) -> None:
     """`text` holds the TextVectorization settings: standardize and max_len."""
-    model.save(directory / "model.keras")
-    without_save_time(directory / "model.keras")
+    model.save(directory / KERAS_MODEL)
+    without_save_time(directory / KERAS_MODEL)
+    from .onnx_export import export_onnx
+
+    (directory / ONNX_MODEL).write_bytes(export_onnx(model))
     write_json(directory / "vocab.json", vocab)
+    text = {**text, "masked": masks_padding(model)}
     write_json(directory / META, {"model": name, "kind": "keras", "classes": classes, "text": text})
 
 
@@ -132,50 +145,63 @@ def read_ensemble(directory: Path) -> tuple[list[str], np.ndarray, str, list[str
     return list(meta["members"]), np.asarray(meta["weights"], dtype=np.float64), pooling, list(meta["classes"])
 
 
-def keras_graph(model, vectorizer):
-    """Raw texts (a string tensor) -> probabilities, as a function for tf.function to trace.
+def onnx_call(directory: Path, meta: dict, spin: bool = True):
+    """texts -> probabilities, by the model's ONNX export on onnxruntime. `spin`: its threads wait
+    for work spinning, faster alone, but beside other models they take the cores those need."""
+    import onnxruntime
 
-    The vectorizer runs inside the graph: called eagerly, TextVectorization took 9 ms a
-    document, more than any model. Keras `predict` would build a tf.data pipeline and trace its
-    function again on each call."""
+    from .sequences import token_ids
+
+    text = meta["text"]
+    ids = token_ids(read_json(directory / "vocab.json"), text["max_len"], text["standardize"])
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # its notices are not errors; errors raise
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    session = onnxruntime.InferenceSession(str(directory / ONNX_MODEL), options, providers=["CPUExecutionProvider"])
+    # The model masks padding (id 0, after a row's tokens): columns holding nothing else change
+    # no probability, and cost most of the time for short documents.
+    trim = bool(text["masked"])
+    return lambda texts: session.run(None, {"ids": ids(texts, trim=trim)})[0]
+
+
+def tensorflow_call(directory: Path, meta: dict):
+    """texts -> probabilities, by the Keras model on TensorFlow, with the vectorizer in the same
+    traced function (called eagerly, TextVectorization took 9 ms a document; Keras `predict`
+    would build a tf.data pipeline and trace again on each call)."""
+    import keras
     import tensorflow as tf
 
-    masked = any(getattr(layer, "mask_zero", False) for layer in model.layers)
+    from .models import custom_objects
+    from .sequences import make_vectorizer
 
+    model = keras.saving.load_model(directory / KERAS_MODEL, custom_objects=custom_objects())
+    text = meta["text"]
+    vectorizer = make_vectorizer(read_json(directory / "vocab.json"), text["max_len"], text["standardize"])
+    masked = masks_padding(model)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])  # traced once: no retracing per call
     def graph(texts):
         ids = vectorizer(texts)
-        if masked:
-            # The model masks padding (id 0, after a row's tokens): columns holding nothing else
-            # change no probability, and cost most of the time for short documents.
+        if masked:  # as onnx_call's trim
             width = tf.reduce_max(tf.math.count_nonzero(ids, axis=1, dtype=tf.int32))
             ids = ids[:, : tf.maximum(width, 1)]
         return model(ids, training=False)
 
-    return graph
+    return lambda texts: graph(tf.constant(texts)).numpy()
 
 
-def traced(function):
-    """`function` traced once for a batch of strings of any size: no retracing per request."""
-    import tensorflow as tf
-
-    return tf.function(function, input_signature=[tf.TensorSpec([None], tf.string)])
-
-
-def run_batches(call, texts: list[str], batch_size: int) -> list[np.ndarray]:
-    """`call` on `texts` in batches (bounded memory): its output(s) as arrays, batches joined."""
-    import tensorflow as tf
-
+def run_batches(call, texts: list[str], batch_size: int) -> np.ndarray:
+    """`call` on `texts` in batches (bounded memory), the outputs joined in the texts' order."""
     # texts of similar lengths batched together: less padding for masked models to cut
     order = np.argsort([len(t) for t in texts], kind="stable")
     ordered = [texts[i] for i in order]
-    outs = [call(tf.constant(ordered[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
-    outs = [out if isinstance(out, (list, tuple)) else [out] for out in outs]
-    joined = [np.concatenate([np.asarray(out[j]) for out in outs]) for j in range(len(outs[0]))]
-    return [array[np.argsort(order)] for array in joined]
+    out = np.concatenate([call(ordered[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+    return out[np.argsort(order)]
 
 
 class Classifier:
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, alone: bool = True):
+        """`alone`: False for an ensemble's member, which shares the CPU with the others."""
         self.directory = Path(directory)
         meta = read_json(self.directory / META)
         self.name, self.kind, self.classes = meta["model"], meta["kind"], list(meta["classes"])
@@ -187,26 +213,15 @@ class Classifier:
 
             self.fast = compile_pipeline(self.model)
         elif self.kind == "keras":
-            from .models import custom_objects
-            from .sequences import make_vectorizer
-
-            import_tensorflow()
-            import keras
-
-            self.model = keras.saving.load_model(self.directory / "model.keras", custom_objects=custom_objects())
-            text = meta["text"]
-            vocab = read_json(self.directory / "vocab.json")
-            self.vectorizer = make_vectorizer(vocab, text["max_len"], text["standardize"])
-            self.graph = keras_graph(self.model, self.vectorizer)
-            self.call = traced(self.graph)
+            if (self.directory / ONNX_MODEL).is_file():
+                self.call = onnx_call(self.directory, meta, spin=alone)
+            else:
+                import_tensorflow()
+                self.call = tensorflow_call(self.directory, meta)
         elif self.kind == ENSEMBLE:
             members, self.weights, self.pooling, _ = read_ensemble(self.directory)
-            self.members = [Classifier(self.directory / m) for m in members]
-            # the Keras members in one graph: one call a batch, and TensorFlow runs them side by side
-            graphs = [m.graph for m in self.members if m.kind == "keras"]
-            self.call = traced(lambda texts: [g(texts) for g in graphs]) if graphs else None
-            # that graph runs in this thread (TensorFlow releases the GIL) while the others predict
-            self.worker = ThreadPoolExecutor(1) if graphs else None
+            # (spinning, its members' threads had doubled the champion's time for one document)
+            self.members = [Classifier(self.directory / m, alone=False) for m in members]
         else:
             raise PipelineError(f"{self.directory / META}: unknown model kind {self.kind!r}")
 
@@ -217,11 +232,8 @@ class Classifier:
         if self.kind == "sklearn":
             return self.fast(texts).astype(np.float32)
         if self.kind == "keras":
-            return run_batches(self.call, texts, batch_size)[0].astype(np.float32)
-        graphed = self.worker.submit(run_batches, self.call, texts, batch_size) if self.call else None
-        others = {i: m.predict_proba(texts, batch_size) for i, m in enumerate(self.members) if m.kind != "keras"}
-        keras_probs = iter(graphed.result() if graphed else [])
-        probs = [(others[i] if i in others else next(keras_probs)).astype(np.float64) for i in range(len(self.members))]
+            return run_batches(self.call, texts, batch_size).astype(np.float32)
+        probs = [m.predict_proba(texts, batch_size).astype(np.float64) for m in self.members]
         return pool(probs, self.weights, self.pooling).astype(np.float32)
 
     def predict_frame(self, texts: Sequence[str]) -> pd.DataFrame:

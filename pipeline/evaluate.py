@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -137,9 +138,16 @@ def encoded_proba(classifier: Classifier, n_docs: int) -> tuple[np.ndarray, floa
     return probs, float(read_json(encoded / "meta.json")["seconds"]["test"]) + time.perf_counter() - start
 
 
-def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, np.ndarray, np.ndarray, float]:
-    """Metrics, classes, true and predicted labels, probabilities on the test split, and the
-    inference seconds as measured (the metrics round them)."""
+class Evaluation(NamedTuple):
+    result: dict  # the metrics
+    classes: list[str]
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray  # on the test split
+    seconds: float  # inference, as measured (the metrics round them)
+
+
+def evaluate(name: str, batch_size: int) -> Evaluation:
     test = pd.read_parquet(paths.split_file("test"))
     texts = test["text"].tolist()
     if name == ENSEMBLE:
@@ -154,7 +162,7 @@ def evaluate(name: str, batch_size: int) -> tuple[dict, list[str], np.ndarray, n
     result["test_docs"] = len(texts)
     result["inference_seconds"] = round(seconds, 2)
     result["docs_per_second"] = round(len(texts) / max(seconds, 1e-9), 1)
-    return result, classes, y_true, y_pred, probs, seconds
+    return Evaluation(result, classes, y_true, y_pred, probs, seconds)
 
 
 def main(argv: list[str]) -> None:

@@ -261,7 +261,9 @@ def _layers() -> dict:
             if mask is None:
                 return ops.max(inputs, axis=1)
             real = ops.expand_dims(mask, -1)
-            top = ops.max(ops.where(real, inputs, ops.full_like(inputs, float("-inf"))), axis=1)
+            # the lowest float, not -inf: the ONNX export computes `where` as arithmetic, and 0 * -inf is NaN
+            lowest = float(np.finfo(np.float32).min)
+            top = ops.max(ops.where(real, inputs, ops.full_like(inputs, lowest)), axis=1)
             return ops.where(ops.any(real, axis=1), top, ops.zeros_like(top))
 
         def compute_mask(self, inputs, mask=None):

@@ -1,5 +1,6 @@
-"""Text as token-id sequences: the TextVectorization layer every Keras model uses, and the
-tf.data helpers that feed ids to Keras.
+"""Text as token-id sequences: the TextVectorization layer every Keras model uses, the same
+computation in plain Python for serving without TensorFlow, and the tf.data helpers that feed ids
+to Keras.
 
 Index 0 is the padding value (so models can mask it) and 1 is [UNK]. Sequences are padded and cut
 at the end ("post"): a document keeps its first `max_len` tokens, where the headers and the
@@ -7,7 +8,10 @@ opening of the message are, and the real tokens sit at the start of every row.
 """
 from __future__ import annotations
 
+import re
+import string
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -30,6 +34,41 @@ def make_vectorizer(vocabulary: list[str] | None, max_len: int, standardize: str
     if vocabulary is not None:
         layer.set_vocabulary(vocabulary[2:] if vocabulary[:2] == ["", "[UNK]"] else vocabulary)
     return layer
+
+
+# TextVectorization's standardization and split, in plain Python: lowercasing of ASCII letters
+# only, its punctuation set removed, runs of ASCII whitespace as separators (other Unicode
+# whitespace stays inside tokens). tests/test_sequences.py checks them against the layer.
+LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+PUNCTUATION = str.maketrans("", "", "!\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'")
+TOKEN = re.compile(r"[^ \t\n\r\f\v]+")
+
+
+def token_ids(vocabulary: list[str], max_len: int, standardize: str) -> Callable[..., np.ndarray]:
+    """What `make_vectorizer(vocabulary, max_len, standardize)` computes, without TensorFlow:
+    texts -> int32 ids [texts, max_len]. With `trim`, the columns after the longest row's last
+    token are left out (models that mask padding give the same output without them)."""
+    if vocabulary[:2] != ["", "[UNK]"]:
+        vocabulary = ["", "[UNK]", *vocabulary]
+    index = {word: i for i, word in enumerate(vocabulary)}
+    lower = "lower" in standardize
+    strip = "strip_punctuation" in standardize
+
+    def ids(texts: list[str], trim: bool = False) -> np.ndarray:
+        rows = []
+        for text in texts:
+            if lower:
+                text = text.translate(LOWER)
+            if strip:
+                text = text.translate(PUNCTUATION)
+            rows.append([index.get(word, 1) for word in TOKEN.findall(text)[:max_len]])
+        width = max(1, max(map(len, rows), default=0)) if trim else max_len
+        out = np.zeros((len(rows), width), dtype=np.int32)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out
+
+    return ids
 
 
 def load_vectorizer(directory: Path = paths.TOKENIZED, max_len: int | None = None):

@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import params as P
 from . import paths
-from .classifier import save_keras, save_sklearn, save_val_probs, stage_name
+from .classifier import Classifier, save_keras, save_sklearn, save_val_probs, stage_name
 from .common import (
     PipelineError,
     atomic_path,
@@ -28,7 +28,6 @@ from .common import (
 )
 from .keras_fit import seed_everything, sequence_length, train_keras_model
 from .models import get_spec
-from .sequences import id_batches
 
 
 def load_config(name: str, params_file: str = P.PARAMS_FILE) -> dict:
@@ -112,8 +111,9 @@ def fit_keras(name: str, cfg: dict, out: Path) -> dict:
     history = [{"epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}} for i in range(epochs)]
     best = int(np.argmax(fit.history["val_accuracy"])) + 1
     save_keras(out, model, vocab, {"max_len": max_len, "standardize": tok["standardize"]}, classes, name)
-    # Full-length inputs, as the saved classifier sees them (the CNNs' batches were cut to length).
-    save_val_probs(out, model.predict(id_batches(x["val"], 512), verbose=0))
+    # by the saved model, as evaluation and serving run it (the ensemble is fitted on these)
+    val_text = pd.read_parquet(paths.split_file("val"))["text"].tolist()
+    save_val_probs(out, Classifier(out).predict_proba(val_text))
     return {"history": history, "seconds": seconds, "best_epoch": best, "classes": classes}
 
 

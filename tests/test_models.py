@@ -491,3 +491,32 @@ def test_keras_input_pipelines_run_without_autotune_and_keep_order():
     batches = [b.numpy() for b in id_batches(x, 8)]
     assert [len(b) for b in batches] == [8] * 6 + [2]
     assert np.array_equal(np.concatenate(batches), x)
+
+
+@pytest.mark.parametrize("name", KERAS)
+def test_onnx_export_gives_the_keras_probabilities(built, name):
+    """What serving runs (classifier.py): the export on onnxruntime, on full rows and, for the
+    models that mask padding, on rows cut after the longest document."""
+    import onnxruntime
+
+    from pipeline.classifier import masks_padding
+    from pipeline.onnx_export import export_onnx
+
+    session = onnxruntime.InferenceSession(export_onnx(built[name]), providers=["CPUExecutionProvider"])
+    x = token_batch(6)
+    x[0, LENGTH - 4 :] = 0  # no row longer than LENGTH - 4
+    x[1] = 0  # an empty document
+    expected = probabilities(built[name], x)
+    np.testing.assert_allclose(session.run(None, {"ids": x})[0], expected, atol=1e-5)
+    assert masks_padding(built[name]) == (name in MASKED)
+    if name in MASKED:
+        np.testing.assert_allclose(session.run(None, {"ids": x[:, :LENGTH - 4]})[0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cbow", "lstm"])
+def test_onnx_export_is_the_same_bytes_each_time(built, name):
+    """The converter's node order and constant names vary from call to call; the export must not,
+    or DVC would see every retrain of the same weights as a new model."""
+    from pipeline.onnx_export import export_onnx
+
+    assert len({export_onnx(built[name]) for _ in range(4)}) == 1

@@ -87,39 +87,57 @@ def test_json_matches_the_model_directory(tiny_trained_project):
         assert record["label"] == record["top"][0]["group"]
 
 
-def test_fast_path_gives_the_saved_probabilities(tiny_trained_project):
+def test_fast_path_gives_the_saved_probabilities(tiny_trained_project, tmp_path):
     """The Classifier's prediction path (a scikit-learn pipeline's steps called one by one; a Keras
-    model with its vectorizer in one traced graph) gives what the train stage saved on validation
-    from Pipeline.predict_proba and Keras predict, labels exactly, in batches as one at a time,
-    without tracing again; the ensemble pools its members' saved probabilities."""
+    model's ONNX export on onnxruntime, its text made ids in plain Python) gives what the train
+    stage saved on validation, in batches as one at a time; a Keras model's are the Keras model's
+    own on the tokenize stage's ids, and its directory without the export (TensorFlow, one traced
+    graph) gives them too; the ensemble pools its members' saved probabilities."""
+    import shutil
+
+    import keras
     import pandas as pd
 
-    from pipeline.classifier import Classifier, pool, read_ensemble
+    from pipeline.classifier import ONNX_MODEL, Classifier, pool, read_ensemble
+    from pipeline.models import custom_objects
 
     repo = tiny_trained_project.repo
     val = pd.read_parquet(repo / "data/prepared/val.parquet")["text"].tolist()
     saved = {}
     for name in tiny_trained_project.models:
-        classifier = Classifier(repo / "data/models" / name)
-        saved[name] = np.load(repo / "data/models" / name / "val_probs.npy")
+        directory = repo / "data/models" / name
+        classifier = Classifier(directory)
+        saved[name] = np.load(directory / "val_probs.npy")
         probs = classifier.predict_proba(val, batch_size=4)
         np.testing.assert_allclose(probs, saved[name], atol=1e-5, err_msg=name)
         assert (probs.argmax(axis=1) == saved[name].argmax(axis=1)).all(), name
         singles = np.concatenate([classifier.predict_proba([t]) for t in val[:5]])
         np.testing.assert_allclose(singles, saved[name][:5], atol=1e-5, err_msg=name)
-        if classifier.kind == "keras":
-            assert classifier.call.experimental_get_tracing_count() == 1  # batches of 4, 2 and 1
+        if classifier.kind != "keras":
+            continue
+        model = keras.saving.load_model(directory / "model.keras", custom_objects=custom_objects())
+        ids = np.load(repo / "data/tokenized/val.npz")["x"][:, : json.loads((directory / "meta.json").read_text())["text"]["max_len"]]
+        own = model.predict(ids, verbose=0)
+        np.testing.assert_allclose(probs, own, atol=1e-5, err_msg=name)
+        assert (probs.argmax(axis=1) == own.argmax(axis=1)).all(), name
+        without_export = shutil.copytree(directory, tmp_path / name, ignore=shutil.ignore_patterns(ONNX_MODEL))
+        on_tensorflow = Classifier(without_export)
+        np.testing.assert_allclose(on_tensorflow.predict_proba(val, batch_size=4), probs, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(on_tensorflow.predict_proba(val[:1]), probs[:1], atol=1e-5, err_msg=name)
     members, weights, pooling, _ = read_ensemble(repo / "data/ensemble")
     expected = pool([saved[m].astype(np.float64) for m in members], weights, pooling)
     np.testing.assert_allclose(Classifier(repo / "data/ensemble").predict_proba(val), expected, atol=1e-5)
 
 
-def test_a_scikit_learn_model_loads_without_tensorflow_or_mlflow(tiny_trained_project):
-    code = ("import sys; from pipeline import predict; predict.main(['-m', 'tfidf_logreg', 'rocket orbit']); "
+@pytest.mark.parametrize("model", ["tfidf_logreg", "cbow", "data/ensemble"])
+def test_a_model_loads_without_tensorflow_or_mlflow(tiny_trained_project, model):
+    """Keras models included: they run as their ONNX export."""
+    code = (f"import sys; from pipeline import predict; predict.main(['-m', {model!r}, 'rocket orbit']); "
             "print(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tiny_trained_project.repo, env=tiny_trained_project.env,
                           capture_output=True, timeout=600)
     assert proc.returncode == 0 and text(proc.stderr) == "", text(proc.stderr)
+    assert text(proc.stdout).splitlines()[0].startswith("arg 1: ")
     assert text(proc.stdout).splitlines()[-1] == "[]"
 
 

@@ -202,14 +202,15 @@ def test_encoder_model_is_evaluated_from_the_cached_test_embeddings(in_project, 
     test = pd.read_parquet("data/prepared/test.parquet")
     raw = Classifier(f"data/models/{ENCODER}").predict_proba(test["text"].tolist())
     assert calls == [len(test)]
-    result, _, _, _, probs, _ = V.evaluate(ENCODER, 64)
+    evaluation = V.evaluate(ENCODER, 64)
+    result, probs = evaluation.result, evaluation.probs
     assert calls == [len(test)]  # not encoded again
     np.testing.assert_allclose(probs, raw, atol=1e-5)
     assert result["inference_seconds"] >= json.loads(Path("data/encoded/meta.json").read_text())["seconds"]["test"]
     other = copy.deepcopy(E.read_encoder())
     other.max_len -= 1
     monkeypatch.setattr(E, "read_encoder", lambda: other)  # data/encoded from another encoder setting
-    _, _, _, _, again, _ = V.evaluate(ENCODER, 64)
+    again = V.evaluate(ENCODER, 64).probs
     assert calls == [len(test)] * 2 and "encoding the test split again" in capsys.readouterr().out
     np.testing.assert_allclose(again, raw, atol=1e-5)
 
