@@ -8,6 +8,7 @@ opening of the message are, and the real tokens sit at the start of every row.
 """
 from __future__ import annotations
 
+import itertools
 import re
 import string
 from pathlib import Path
@@ -37,11 +38,17 @@ def make_vectorizer(vocabulary: list[str] | None, max_len: int, standardize: str
 
 
 # TextVectorization's standardization and split, in plain Python: lowercasing of ASCII letters
-# only, its punctuation set removed, runs of ASCII whitespace as separators (other Unicode
-# whitespace stays inside tokens). tests/test_sequences.py checks them against the layer.
-LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-PUNCTUATION = str.maketrans("", "", "!\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'")
-TOKEN = re.compile(r"[^ \t\n\r\f\v]+")
+# only, its punctuation set removed, runs of ASCII whitespace as separators. Python's str.split
+# also splits at the other characters below (Unicode whitespace, which the layer keeps inside
+# tokens): where a text has one, a regular expression splits it instead. tests/test_sequences.py
+# checks the ids against the layer's and the list against str.isspace.
+LOWER = {ord(c): c.lower() for c in string.ascii_uppercase}
+PUNCTUATION = {ord(c): None for c in "!\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'"}
+ASCII_SPACE = " \t\n\r\f\v"
+OTHER_SPACE = "\x1c\x1d\x1e\x1f\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+OTHER_SPACE += "\u2028\u2029\u202f\u205f\u3000"
+HAS_OTHER_SPACE = re.compile(f"[{OTHER_SPACE}]")
+TOKEN = re.compile(f"[^{ASCII_SPACE}]+")
 
 
 def token_ids(vocabulary: list[str], max_len: int, standardize: str) -> Callable[..., np.ndarray]:
@@ -50,22 +57,21 @@ def token_ids(vocabulary: list[str], max_len: int, standardize: str) -> Callable
     token are left out (models that mask padding give the same output without them)."""
     if vocabulary[:2] != ["", "[UNK]"]:
         vocabulary = ["", "[UNK]", *vocabulary]
-    index = {word: i for i, word in enumerate(vocabulary)}
-    lower = "lower" in standardize
-    strip = "strip_punctuation" in standardize
+    lookup = {word: i for i, word in enumerate(vocabulary)}.get
+    table = str.maketrans({**(LOWER if "lower" in standardize else {}),
+                           **(PUNCTUATION if "strip_punctuation" in standardize else {})})
 
     def ids(texts: list[str], trim: bool = False) -> np.ndarray:
         rows = []
         for text in texts:
-            if lower:
-                text = text.translate(LOWER)
-            if strip:
-                text = text.translate(PUNCTUATION)
-            rows.append([index.get(word, 1) for word in TOKEN.findall(text)[:max_len]])
-        width = max(1, max(map(len, rows), default=0)) if trim else max_len
+            text = text.translate(table)
+            words = TOKEN.findall(text) if HAS_OTHER_SPACE.search(text) else text.split()
+            rows.append(list(map(lookup, words[:max_len], itertools.repeat(1))))
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        width = max(1, int(lengths.max(initial=0))) if trim else max_len
         out = np.zeros((len(rows), width), dtype=np.int32)
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = row
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
+        out[np.arange(width) < lengths[:, None]] = flat  # row by row, each row's ids first
         return out
 
     return ids

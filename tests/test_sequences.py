@@ -45,3 +45,14 @@ def test_trim_drops_only_the_columns_of_padding():
     np.testing.assert_array_equal(trimmed, full[:, :4])
     assert ids(["", "!!"], trim=True).shape == (2, 1)  # never zero columns
     assert ids([], trim=True).shape == (0, 1) and ids([]).shape == (0, 6)
+
+
+def test_the_other_separators_are_those_str_split_knows():
+    """token_ids splits with str.split unless a text holds a character str.split takes for
+    whitespace and the layer does not: that list must be complete."""
+    import sys
+
+    from pipeline.sequences import ASCII_SPACE, OTHER_SPACE
+
+    python_space = {c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()}
+    assert python_space == set(ASCII_SPACE) | set(OTHER_SPACE)
