@@ -98,10 +98,10 @@ def masks_padding(model) -> bool:
 
 def save_keras(directory: Path, model, vocab: list[str], text: dict, classes: list[str], name: str) -> None:
     """`text` holds the TextVectorization settings: standardize and max_len."""
-    model.save(directory / KERAS_MODEL)
-    without_save_time(directory / KERAS_MODEL)
     from .onnx_export import export_onnx
 
+    model.save(directory / KERAS_MODEL)
+    without_save_time(directory / KERAS_MODEL)
     (directory / ONNX_MODEL).write_bytes(export_onnx(model))
     write_json(directory / "vocab.json", vocab)
     text = {**text, "masked": masks_padding(model)}
@@ -225,7 +225,8 @@ class Classifier:
                 self.call = tensorflow_call(self.directory, meta)
         elif self.kind == ENSEMBLE:
             members, self.weights, self.pooling, _ = read_ensemble(self.directory)
-            # (spinning, its members' threads had doubled the champion's time for one document)
+            # not alone: onnxruntime threads spinning between calls took the cores the other members
+            # needed (the champion's time for one document doubled)
             self.members = [Classifier(self.directory / m, alone=False) for m in members]
         else:
             raise PipelineError(f"{self.directory / META}: unknown model kind {self.kind!r}")
