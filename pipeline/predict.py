@@ -110,9 +110,10 @@ def main(argv: list[str], stdin=None, stdout=None) -> None:
         for message in errors[:-1]:
             print(f"error: {message}", file=sys.stderr)
         raise PipelineError(errors[-1] if errors else "no input: nothing to classify")
-    # Loading imports scikit-learn or TensorFlow: a great many objects, none of them garbage, which
-    # the collector would scan again and again while they load (0.1 s of a 1.8 s run with a
-    # scikit-learn model, 0.8 s of 6.9 s with the champion); then they stay out of its passes
+    # Loading imports scikit-learn, pandas and onnxruntime (TensorFlow too, for a model saved without
+    # its ONNX export): a great many objects, none of them garbage, which the collector would scan
+    # again and again while they load (0.1 s of a 1.8 s run with a scikit-learn model); then they
+    # stay out of its passes
     gc.disable()
     try:
         predictor = load_model(args.model, args.tracking_uri)
