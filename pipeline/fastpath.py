@@ -75,6 +75,21 @@ def transform_of(step) -> Callable:
     return step.transform
 
 
+def transforms_of(steps: list) -> list[Callable]:
+    """The steps' transforms; hashed n-gram counts made in bulk (hashing.py), fused with the
+    column filter after them."""
+    from .features import DocFrequencyFilter
+    from .hashing import bulk_counts
+
+    calls, i = [], 0
+    while i < len(steps):
+        after = steps[i + 1] if i + 1 < len(steps) else None
+        fused = bulk_counts(steps[i], after.columns_) if isinstance(after, DocFrequencyFilter) else None
+        calls.append(fused or bulk_counts(steps[i]) or transform_of(steps[i]))
+        i += 2 if fused else 1
+    return calls
+
+
 def proba_of(step) -> Callable:
     """The final step's predict_proba; for the linear models, x @ W + b then their link, with W
     stored in Fortran order (scipy would copy a transposed C-ordered coef_ on every call: 20 x
@@ -113,7 +128,7 @@ def compile_pipeline(pipeline) -> Callable[[list[str]], np.ndarray]:
     from sklearn import config_context
 
     steps = flatten(pipeline)
-    calls = [transform_of(s) for s in steps[:-1]] + [proba_of(steps[-1])]
+    calls = transforms_of(steps[:-1]) + [proba_of(steps[-1])]
 
     def predict_proba(texts: list[str]) -> np.ndarray:
         # the steps left to scikit-learn (hashing, the sentence encoder): the inputs are texts,
