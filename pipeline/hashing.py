@@ -6,8 +6,8 @@ On ASCII text (all but 73 of the corpus's 18,846 documents) scikit-learn's token
 lowercased and its other bytes made spaces, its tokens laid out one space apart in one buffer, so
 that each n-gram ("w1 w2") is one span of that buffer; the spans are then hashed together by
 MurmurHash3 (x86, 32 bits, seed 0: scikit-learn's FeatureHasher) and reduced to columns as
-FeatureHasher does. Other texts go through scikit-learn. tests/test_hashing.py checks the counts
-against HashingVectorizer's.
+FeatureHasher does. Other texts are analyzed by `word_ngrams` itself, their n-grams hashed the
+same way. tests/test_hashing.py checks the counts against HashingVectorizer's.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ C1, C2, C3, C4, C5 = U32(0xCC9E2D51), U32(0x1B873593), U32(0xE6546B64), U32(0x85
 
 
 def words_at(buffer: bytes) -> np.ndarray:
-    """uint32 [len(buffer) - 3]: the 4 bytes starting at each offset, little-endian (MurmurHash3's
-    blocks, wherever a span starts)."""
+    """uint32: the 4 bytes starting at each offset of the buffer (to its last whole 4 bytes),
+    little-endian: MurmurHash3's blocks, wherever a span starts."""
     count = len(buffer) // 4
     shifted = [np.frombuffer(buffer, "<u4", count=count - (offset > 0), offset=offset) for offset in range(4)]
     out = np.empty(4 * count - 3, dtype=U32)
@@ -129,13 +129,14 @@ def count_matrix(rows: np.ndarray, columns: np.ndarray, shape: tuple[int, int], 
 class ColumnSet:
     """Sorted distinct columns in [0, width), looked up many at a time: which are in the set and
     their positions in it. A bitmap with the count of set bits before each 64-bit word: 2 MB for
-    2**24 columns, where a binary search over 368k kept columns cost 120 us a document."""
+    2**24 columns, and a tenth of the time of a binary search over tfidf_logreg's 368k."""
 
     def __init__(self, columns: np.ndarray, width: int):
         flags = np.zeros(-(-width // 64) * 64, dtype=bool)
         flags[columns] = True
         self.bits = np.packbits(flags, bitorder="little").view("<u8")
-        self.before = np.cumsum(np.bitwise_count(self.bits), dtype=np.int64) - np.bitwise_count(self.bits)
+        ones = np.bitwise_count(self.bits)
+        self.before = np.cumsum(ones, dtype=np.int64) - ones
 
     def positions(self, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(whether each column is in the set, its position in the set where it is)."""
