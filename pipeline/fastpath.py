@@ -15,6 +15,11 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.special import expit, softmax
 
+# texts per pass through the steps: the hashed counts of 512 texts make temporaries of megabytes,
+# which the allocator handed back to the system and faulted in again on every call; 256 at a time,
+# tfidf_logreg's batches of 512 ran 1.6 times as fast
+BATCH = 256
+
 
 def flatten(pipeline) -> list:
     """A fitted Pipeline's steps, nested pipelines flattened."""
@@ -130,13 +135,15 @@ def compile_pipeline(pipeline) -> Callable[[list[str]], np.ndarray]:
     steps = flatten(pipeline)
     calls = transforms_of(steps[:-1]) + [proba_of(steps[-1])]
 
+    def run(texts: list[str]) -> np.ndarray:
+        for call in calls:
+            texts = call(texts)
+        return texts
+
     def predict_proba(texts: list[str]) -> np.ndarray:
-        # the steps left to scikit-learn (hashing, the sentence encoder): the inputs are texts,
-        # no NaN to look for, and the fitted parameters were checked when they were fitted
+        # the steps left to scikit-learn (the sentence encoder, other vectorizers): the inputs are texts, no NaN to
+        # look for, and the fitted parameters were checked when they were fitted
         with config_context(assume_finite=True, skip_parameter_validation=True):
-            x = texts
-            for call in calls:
-                x = call(x)
-        return x
+            return np.concatenate([run(texts[i : i + BATCH]) for i in range(0, max(len(texts), 1), BATCH)])
 
     return predict_proba

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 from test_models import TFIDF, configs, tiny_texts  # noqa: F401 (configs: a fixture)
 
-from pipeline.fastpath import compile_pipeline, tfidf_weights
+from pipeline.fastpath import BATCH, compile_pipeline, tfidf_weights
 from pipeline.models import get_spec
 
 QUERIES = ["orbit launch of the shuttle", "engine and brake brake brake", "pixel texture render", "",
@@ -34,6 +34,8 @@ def test_fast_path_gives_scikit_learns_probabilities(configs, name, change):  # 
     np.testing.assert_allclose(fast(QUERIES), expected, rtol=1e-5, atol=1e-7)
     for query, row in zip(QUERIES, expected):  # one document at a time, as served
         np.testing.assert_allclose(fast([query])[0], row, rtol=1e-5, atol=1e-7)
+    many = QUERIES * (BATCH // len(QUERIES) + 2)  # more than one pass through the steps
+    np.testing.assert_allclose(fast(many), model.predict_proba(many), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("norm", ["l2", "l1", None])
