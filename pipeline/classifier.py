@@ -147,8 +147,9 @@ def read_ensemble(directory: Path) -> tuple[list[str], np.ndarray, str, list[str
 
 
 def onnx_call(directory: Path, meta: dict, spin: bool = True):
-    """texts -> probabilities, by the model's ONNX export on onnxruntime. `spin`: its threads wait
-    for work spinning, faster alone, but beside other models they take the cores those need."""
+    """(texts, batch size) -> probabilities, by the model's ONNX export on onnxruntime. `spin`: its
+    threads wait for work spinning, faster alone, but beside other models they take the cores
+    those need."""
     import onnxruntime
 
     from .sequences import token_ids
@@ -166,13 +167,29 @@ def onnx_call(directory: Path, meta: dict, spin: bool = True):
     # The model masks padding (id 0, after a row's tokens): columns holding nothing else change
     # no probability, and cost most of the time for short documents.
     trim = bool(text["masked"])
-    return lambda texts: session.run(None, {"ids": ids(texts, trim=trim)})[0]
+
+    def call(texts: list[str], batch_size: int) -> np.ndarray:
+        matrix = ids(texts, trim=trim)
+        # rows in order of their count of tokens, each run cut to its longest row: less padding
+        # than the texts' order by characters gives (1.04-1.09 times the speed, five models)
+        lengths = np.count_nonzero(matrix, axis=1) if trim else np.zeros(len(texts), dtype=np.int64)
+        order = np.argsort(lengths, kind="stable")
+        runs = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        out = np.concatenate([session.run(None, {"ids": cut(matrix, rows, lengths, trim)})[0] for rows in runs])
+        return out[np.argsort(order)]
+
+    return call
+
+
+def cut(matrix: np.ndarray, rows: np.ndarray, lengths: np.ndarray, trim: bool) -> np.ndarray:
+    """`matrix`'s `rows` (in order of length), without the columns after the last one's tokens."""
+    return matrix[rows, : max(1, int(lengths[rows[-1]]))] if trim else matrix[rows]
 
 
 def tensorflow_call(directory: Path, meta: dict):
-    """texts -> probabilities, by the Keras model on TensorFlow, with the vectorizer in the same
-    traced function (called eagerly, TextVectorization took 9 ms a document; Keras `predict`
-    would build a tf.data pipeline and trace again on each call)."""
+    """(texts, batch size) -> probabilities, by the Keras model on TensorFlow, with the vectorizer
+    in the same traced function (called eagerly, TextVectorization took 9 ms a document; Keras
+    `predict` would build a tf.data pipeline and trace again on each call)."""
     import keras
     import tensorflow as tf
 
@@ -192,15 +209,24 @@ def tensorflow_call(directory: Path, meta: dict):
             ids = ids[:, : tf.maximum(width, 1)]
         return model(ids, training=False)
 
-    return lambda texts: graph(tf.constant(texts)).numpy()
+    def call(texts: list[str], batch_size: int) -> np.ndarray:
+        batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        return np.concatenate([graph(tf.constant(batch)).numpy() for batch in batches])
+
+    return call
+
+
+CHUNK = 8  # batches tokenized at once: 1,024 texts, 4 MB of ids at a max_len of 1,000
 
 
 def run_batches(call, texts: list[str], batch_size: int) -> np.ndarray:
-    """`call` on `texts` in batches (bounded memory), the outputs joined in the texts' order."""
-    # texts of similar lengths batched together: less padding for masked models to cut
+    """`call(texts, batch_size)` on `texts` a few batches at a time (bounded memory), the outputs
+    joined in the texts' order."""
+    # texts of similar lengths together: less padding for masked models to cut
     order = np.argsort([len(t) for t in texts], kind="stable")
     ordered = [texts[i] for i in order]
-    out = np.concatenate([call(ordered[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+    step = CHUNK * batch_size
+    out = np.concatenate([call(ordered[i : i + step], batch_size) for i in range(0, len(texts), step)])
     return out[np.argsort(order)]
 
 

@@ -31,9 +31,66 @@ def export_onnx(model) -> bytes:
 
     signature = (tf.TensorSpec([None, None], tf.int32, name=INPUT),)
     proto, _ = tf2onnx.convert.from_function(tf.function(forward), input_signature=signature, opset=OPSET)
+    proto = without_mask_products(proto)
     sort_nodes(proto.graph, {v.name: f"input:{v.name}" for v in proto.graph.input})
     rename(proto.graph)
     return proto.SerializeToString()
+
+
+def without_mask_products(proto):
+    """`proto` with its masked sums of embedded tokens made plain sums where that gives the same
+    output: in a masked mean, every embedded token is multiplied by its position's mask (0 for
+    padding, id 0) before the sum, half of cbow's time on onnxruntime. With the table's row 0 made
+    zeros, padding already adds nothing. The rewritten graph is kept only if it gives exactly the
+    original's outputs on ids with padding at the end, in the middle and in whole rows."""
+    import onnx
+    from onnx import numpy_helper
+
+    candidate = onnx.ModelProto()
+    candidate.CopyFrom(proto)
+    graph = candidate.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    tables = {t.name: t for t in graph.initializer}
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    rewritten = []
+    for node in list(graph.node):
+        gathers = [producer.get(name) for name in node.input] if node.op_type == "Mul" else []
+        gather = next((g for g in gathers if g is not None and g.op_type == "Gather" and g.input[0] in tables
+                       and readers[g.input[0]] == 1 and readers[g.output[0]] == 1
+                       and all(a.i == 0 for a in g.attribute if a.name == "axis")), None)
+        if gather is None or len(tables[gather.input[0]].dims) != 2:
+            continue
+        table = tables[gather.input[0]]
+        rows = numpy_helper.to_array(table).copy()
+        rows[0] = 0
+        table.CopyFrom(numpy_helper.from_array(rows, table.name))
+        for other in graph.node:
+            other.input[:] = [gather.output[0] if name == node.output[0] else name for name in other.input]
+        graph.node.remove(node)
+        rewritten.append(rows.shape[0])
+    if not rewritten or not same_outputs(proto, candidate, min(rewritten)):
+        return proto
+    return candidate
+
+
+def same_outputs(a, b, vocabulary: int) -> bool:
+    """Whether models `a` and `b` give the same outputs, bit for bit, on token ids below `vocabulary`."""
+    import numpy as np
+    import onnxruntime
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, vocabulary, size=(8, 64), dtype=np.int32)
+    for row, length in enumerate([0, 1, 2, 7, 30, 63, 64]):
+        ids[row, length:] = 0
+    ids[7, rng.random(64) < 0.3] = 0
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    outputs = [onnxruntime.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+               .run(None, {INPUT: ids}) for m in (a, b)]
+    return all(np.array_equal(x, y) for x, y in zip(*outputs))
 
 
 def digest(*parts: str | bytes) -> str:

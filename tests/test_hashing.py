@@ -102,9 +102,11 @@ def test_column_set_positions():
     np.testing.assert_array_equal(position[found], np.searchsorted(kept, queries[found]))
 
 
-def test_count_matrix_counts_pairs():
+@pytest.mark.parametrize("shape", [(8, 40), (8, 2**24), (600, 2**23)])  # the last: pairs past 31 bits
+def test_count_matrix_counts_pairs(shape):
     rng = np.random.default_rng(0)
-    rows, columns = rng.integers(0, 7, 500), rng.integers(0, 40, 500)
+    rows, columns = rng.integers(0, shape[0] - 1, 500), rng.integers(0, shape[1], 500)
     rows[rows == 3] = 4  # an empty row
-    expected = sp.csr_matrix((np.ones(500, dtype=np.float32), (rows, columns)), shape=(8, 40))
-    assert_same(count_matrix(rows, columns, (8, 40), np.float32), expected)
+    rows[:2], columns[:2] = shape[0] - 2, shape[1] - 1  # the largest pair, twice
+    expected = sp.csr_matrix((np.ones(500, dtype=np.float32), (rows, columns)), shape=shape)
+    assert_same(count_matrix(rows, columns, shape, np.float32), expected)

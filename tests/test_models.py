@@ -513,6 +513,41 @@ def test_onnx_export_gives_the_keras_probabilities(built, name):
         np.testing.assert_allclose(session.run(None, {"ids": x[:, :LENGTH - 4]})[0], expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["cbow", "cbow_glove"])
+def test_onnx_export_sums_a_masked_mean_without_the_mask_product(built, name):
+    """The masked mean's product of every embedded token with its mask is left out, the table's
+    padding row made zeros (the export's outputs are checked against Keras's above)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from pipeline.onnx_export import export_onnx
+
+    graph = onnx.load_from_string(export_onnx(built[name])).graph
+    gathers = [n for n in graph.node if n.op_type == "Gather"]
+    assert not any(n.op_type == "Mul" and {g.output[0] for g in gathers} & set(n.input) for n in graph.node)
+    table = numpy_helper.to_array(next(t for t in graph.initializer if t.name == gathers[0].input[0]))
+    assert table.shape[0] == VOCAB and not table[0].any() and table[1:].all()
+
+
+def test_a_product_that_is_not_the_mask_is_kept():
+    """The rewrite is checked by running both graphs: a product with anything but the padding
+    mask changes the outputs, and the graph is left as it was."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pipeline.onnx_export import INPUT, without_mask_products
+
+    table = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(6, 2) + 1, "table")
+    scale = numpy_helper.from_array(np.full((1, 1, 1), 2.0, dtype=np.float32), "scale")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", INPUT], ["rows"]), helper.make_node("Mul", ["rows", "scale"], ["scaled"]),
+         helper.make_node("ReduceSum", ["scaled"], ["out"], keepdims=0)],
+        "g", [helper.make_tensor_value_info(INPUT, TensorProto.INT32, [None, None])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [table, scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert without_mask_products(model) is model
+
+
 @pytest.mark.parametrize("name", ["cbow", "lstm"])
 def test_onnx_export_is_the_same_bytes_each_time(built, name):
     """The converter's node order and constant names vary from call to call; the export must not,
