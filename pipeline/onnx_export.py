@@ -51,6 +51,7 @@ def without_mask_products(proto):
     graph = candidate.graph
     producer = {out: node for node in graph.node for out in node.output}
     tables = {t.name: t for t in graph.initializer}
+    outputs = {value.name for value in graph.output}
     readers = {}
     for node in graph.node:
         for name in node.input:
@@ -61,7 +62,7 @@ def without_mask_products(proto):
         gather = next((g for g in gathers if g is not None and g.op_type == "Gather" and g.input[0] in tables
                        and readers[g.input[0]] == 1 and readers[g.output[0]] == 1
                        and all(a.i == 0 for a in g.attribute if a.name == "axis")), None)
-        if gather is None or len(tables[gather.input[0]].dims) != 2:
+        if gather is None or len(tables[gather.input[0]].dims) != 2 or {node.output[0], gather.output[0]} & outputs:
             continue
         table = tables[gather.input[0]]
         rows = numpy_helper.to_array(table).copy()

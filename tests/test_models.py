@@ -529,20 +529,23 @@ def test_onnx_export_sums_a_masked_mean_without_the_mask_product(built, name):
     assert table.shape[0] == VOCAB and not table[0].any() and table[1:].all()
 
 
-def test_a_product_that_is_not_the_mask_is_kept():
+@pytest.mark.parametrize("summed", [True, False])
+def test_a_product_that_is_not_the_mask_is_kept(summed):
     """The rewrite is checked by running both graphs: a product with anything but the padding
-    mask changes the outputs, and the graph is left as it was."""
+    mask changes the outputs, and the graph is left as it was; so is a product that is the graph's
+    output."""
     from onnx import TensorProto, helper, numpy_helper
 
     from pipeline.onnx_export import INPUT, without_mask_products
 
     table = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(6, 2) + 1, "table")
     scale = numpy_helper.from_array(np.full((1, 1, 1), 2.0, dtype=np.float32), "scale")
+    nodes = [helper.make_node("Gather", ["table", INPUT], ["rows"]), helper.make_node("Mul", ["rows", "scale"], ["scaled"])]
+    if summed:
+        nodes.append(helper.make_node("ReduceSum", ["scaled"], ["out"], keepdims=0))
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", INPUT], ["rows"]), helper.make_node("Mul", ["rows", "scale"], ["scaled"]),
-         helper.make_node("ReduceSum", ["scaled"], ["out"], keepdims=0)],
-        "g", [helper.make_tensor_value_info(INPUT, TensorProto.INT32, [None, None])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [table, scale])
+        nodes, "g", [helper.make_tensor_value_info(INPUT, TensorProto.INT32, [None, None])],
+        [helper.make_tensor_value_info("out" if summed else "scaled", TensorProto.FLOAT, None)], [table, scale])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     assert without_mask_products(model) is model
